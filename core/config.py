@@ -1,0 +1,232 @@
+"""The one typed config tree: ``data / model / pretrain / finetune / eval / runtime``.
+
+Every default is written once, here, on its field. Named settings are data
+(``studies/settings/*.yaml``), not code. Choices are ``Literal`` types so a bad value fails at load
+time with its key path. Defaults follow the released D2S-VSE code (paper-notes.md) except where the
+released code has a known gap; those behaviours are reachable through explicitly named options.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Section",
+    "SynthScenesConfig",
+    "TextAugmentConfig",
+    "DataConfig",
+    "ImageEncoderConfig",
+    "TextEncoderConfig",
+    "DecoderConfig",
+    "ModelConfig",
+    "AlignConfig",
+    "DistillConfig",
+    "StructureConfig",
+    "OptimConfig",
+    "StageConfig",
+    "PretrainConfig",
+    "FinetuneConfig",
+    "EvalConfig",
+    "RuntimeConfig",
+    "Config",
+]
+
+Pooling = Literal["gpo", "mean", "cls"]
+# Retrieval metrics where higher is better (the candidates for checkpoint selection).
+SelectMetric = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# ----------------------------------------------------------------------------------------- data
+class SynthScenesConfig(Section):
+    """The embedded benchmark: rendered scenes of simple objects, generated from a seed."""
+
+    seed: int = 0  # the dataset's own seed, independent of runtime.seed
+    num_train: int = Field(2000, ge=1)
+    num_val: int = Field(200, ge=1)
+    num_test: int = Field(200, ge=1)
+    image_size: int = Field(64, ge=16)
+    min_objects: int = Field(2, ge=1)
+    max_objects: int = Field(4, ge=1)
+    captions_per_image: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> SynthScenesConfig:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) > max_objects ({self.max_objects})")
+        return self
+
+
+class TextAugmentConfig(Section):
+    """Token-level caption augmentation of the released code: of the `prob` share of tokens
+    touched, `mask` become [MASK], `random` a random token, the rest are deleted."""
+
+    enabled: bool = True
+    prob: float = Field(0.2, ge=0.0, le=1.0)
+    mask: float = Field(0.5, ge=0.0, le=1.0)
+    random: float = Field(0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _shares(self) -> TextAugmentConfig:
+        if self.mask + self.random > 1.0:
+            raise ValueError(f"mask + random shares exceed 1 ({self.mask} + {self.random})")
+        return self
+
+
+class DataConfig(Section):
+    source: Literal["synthscenes", "karpathy", "laps"] = "synthscenes"
+    # karpathy: the dataset_{flickr30k,coco}.json file; laps: the folder of {split}_caps.txt etc.
+    annotations: str | None = None
+    image_root: str | None = None  # folder the image file names are relative to
+    dense_captions: str | None = None  # JSONL, one object per image (needed by pre-training)
+    skip_missing_dense: bool = False  # else a missing dense caption is an error before training
+    synthscenes: SynthScenesConfig = SynthScenesConfig()
+    image_size: int = Field(224, ge=16)  # network input side, train and eval
+    cache_margin: float = Field(1.15, ge=1.0)  # cached images keep this much extra side for crops
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # random resized crop area range (train)
+    hflip: bool = True  # random horizontal flip (train); left/right words are swapped with it
+    text_augment: TextAugmentConfig = TextAugmentConfig()
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _paths_for_real_data(self) -> DataConfig:
+        if self.source != "synthscenes" and self.annotations is None:
+            raise ValueError(f"data.annotations is required for source '{self.source}'")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- model
+class ImageEncoderConfig(Section):
+    backbone: str = "vit_base_patch16_224"  # any timm model name
+    pretrained: str | None = None  # local weights file or folder; None = random init
+    backbone_args: dict[str, Any] = {}  # extra timm.create_model kwargs (tiny test models)
+    pool: Pooling = "gpo"
+    drop_patches: float = Field(0.0, ge=0.0, lt=1.0)  # train-time token dropping ("size augment")
+    lr_mult: float = 0.1  # backbone learning rate multiplier
+
+
+class TextEncoderConfig(Section):
+    backbone: str = "bert-base-uncased"  # Hugging Face name, local path, or a bundled alias
+    pretrained: bool = True  # False: random init from the backbone's config (+ config_overrides)
+    config_overrides: dict[str, Any] = {}  # applied to the HF config (tiny random encoders)
+    max_length: int = Field(128, ge=8)  # tokens, dense captions included
+    pool: Pooling = "gpo"
+    lr_mult: float = 0.1  # backbone learning rate multiplier
+
+
+class DecoderConfig(Section):
+    """The sparse-branch decoder: sparse token features + learnable tokens -> residual embedding."""
+
+    depth: int = Field(4, ge=0)  # 0 = no decoder: the plain VSE baseline
+    num_tokens: int = Field(100, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    placement: Literal["prefix", "postfix", "surround"] = "surround"
+    mask_padding: bool = True  # False reproduces the released code (batch-dependent embeddings)
+    # False reproduces the released training path (decoder output added un-normalised)
+    normalize_residual: bool = True
+
+
+class ModelConfig(Section):
+    embed_dim: int = Field(512, ge=1)
+    image: ImageEncoderConfig = ImageEncoderConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+
+
+# --------------------------------------------------------------------------------------- losses
+class AlignConfig(Section):
+    loss: Literal["triplet", "infonce"] = "triplet"
+    weight: float = 1.0
+    margin: float = 0.2  # triplet
+    hardest_after_epoch: int = Field(1, ge=0)  # triplet: all negatives before this epoch
+    temperature: float = Field(0.05, gt=0)  # infonce: initial value (learnable)
+    min_temperature: float = Field(0.01, gt=0)  # infonce: clamp, keeps logits bounded
+
+
+class DistillConfig(Section):
+    """Dense-to-sparse distillation: frozen dense-caption teacher -> sparse-caption student."""
+
+    enabled: bool = True
+    metric: Literal["cosine", "l2", "l1", "kl"] = "cosine"
+    weight: float = 1.0
+    temperature: float = Field(0.1, gt=0)  # kl: in-batch similarity distributions
+
+
+class StructureConfig(Section):
+    """Structure-aware relational distillation (RVLR, TIP 2024), usable in either stage.
+
+    Teachers are frozen copies of the model's own encoders as they were when the stage started
+    (in fine-tuning: the pre-trained image encoder and the dense-caption text encoder)."""
+
+    enabled: bool = False
+    metric: Literal["mae", "mse", "kl"] = "mae"
+    weight: float = 2.0
+    temperature: float = Field(0.1, gt=0)  # fixed: a learnable one lets the loss shrink itself
+    mix_init: float = Field(0.5, ge=0.0, le=1.0)  # lambda: text vs image teacher relations
+    learn_mix: bool = True  # lambda learnable, kept in [0, 1]
+
+
+# ------------------------------------------------------------------------------------ training
+class OptimConfig(Section):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    decay_epochs: list[int] = [9, 15, 20, 25]  # step schedule
+    decay_factor: float = 0.3  # step schedule
+    warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up (fractional epochs allowed)
+    grad_clip: float | None = 2.0  # max global grad norm; None disables
+
+
+class StageConfig(Section):
+    enabled: bool = True
+    epochs: int = Field(30, ge=0)
+    batch_size: int = Field(128, ge=2)  # global batch (split across processes)
+    optim: OptimConfig = OptimConfig()
+    align: AlignConfig = AlignConfig()
+    structure: StructureConfig = StructureConfig()
+
+
+class PretrainConfig(StageConfig):
+    """Stage 1: align images with dense captions."""
+
+
+class FinetuneConfig(StageConfig):
+    """Stage 2: align images with sparse captions + dense-to-sparse distillation."""
+
+    distill: DistillConfig = DistillConfig()
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(256, ge=1)
+    select_metric: SelectMetric = "rsum"  # validation metric that picks the checkpoint
+    every_epochs: int = Field(1, ge=1)
+    fold_size: int | None = None  # images per fold for k-fold test (COCO 1K: 1000)
+
+
+class RuntimeConfig(Section):
+    seed: int = 0  # drives python, numpy, torch and data order
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    tf32: bool = True
+    fused_adamw: bool = True  # when the device supports it
+    log_every_steps: int = Field(50, ge=1)
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()

@@ -1,0 +1,1 @@
+"""harness: the study tool around core (CLI, studies, planning, execution, tracking, reports)."""

@@ -1,0 +1,211 @@
+"""Config resolution: setting file -> study base -> arm values -> ``--set``, in one function.
+
+Each value remembers where it came from, so an error names the key path, the bad value, its
+source and, for a typo, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from core.config import Config
+from core.errors import UserError
+
+__all__ = [
+    "DEFAULT_SETTING",
+    "SETTINGS_DIR",
+    "Layer",
+    "resolve",
+    "parse_set",
+    "load_yaml",
+    "setting_path",
+    "flatten",
+    "config_to_yaml",
+]
+
+DEFAULT_SETTING = "cpu-small"
+SETTINGS_DIR = Path(__file__).resolve().parents[1] / "studies" / "settings"
+Layer = tuple[str, Mapping[str, Any]]  # (source label, {dotted.key: value})
+
+
+def resolve(
+    setting: str | os.PathLike | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    *,
+    layers: Iterable[Layer] = (),
+) -> Config:
+    """Resolve the typed config tree.
+
+    Args:
+        setting: a setting name (``studies/settings/NAME.yaml``) or a YAML path; default ``cpu-small``.
+        overrides: ``--set`` style ``KEY=VALUE`` strings (values parsed as YAML scalars) or a
+            ``{dotted.key: value}`` mapping, applied last.
+        layers: ``(source, {dotted.key: value})`` applied in order between setting and overrides
+            (a study's base, then an arm's values).
+    """
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = setting_path(setting if setting is not None else DEFAULT_SETTING)
+    for key, value, source in _setting_items(path, seen=()):
+        _apply(tree, sources, key, value, source)
+    if not isinstance(overrides, Mapping):
+        overrides = dict(parse_set(item) for item in overrides)
+    for source, values in [*layers, ("--set", overrides)]:
+        for key, value in values.items():
+            _apply(tree, sources, key, value, source)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise UserError(_explain(err, sources)) from None
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``'model.decoder.depth=4'`` -> ``('model.decoder.depth', 4)`` (value parsed as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+    return key.strip(), value
+
+
+def load_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file with the safe loader; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: invalid YAML: {err}") from None
+
+
+def setting_path(setting: str | os.PathLike) -> Path:
+    """A setting name or path -> the YAML file; an unknown name lists the known ones."""
+    path = Path(setting)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"setting file not found: {path}")
+        return path
+    named = SETTINGS_DIR / f"{setting}.yaml"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml"))
+    hint = difflib.get_close_matches(str(setting), known, n=1)
+    raise UserError(
+        f"unknown setting '{setting}'"
+        + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        + f"; known settings: {', '.join(known)}"
+    )
+
+
+def flatten(tree: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{dotted.key: leaf}``, descending only into config sections (dict-valued
+    fields such as ``backbone_args`` stay leaves). Used for merging and for MLflow params."""
+    if isinstance(tree, BaseModel):
+        tree = tree.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and _is_section(dotted):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def config_to_yaml(config: Config) -> str:
+    """The resolved config as YAML (what checkpoints and MLflow artifacts carry)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------- internals
+def _setting_items(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, Any, str]]:
+    """A setting file as (dotted key, value, source); ``extends: NAME`` is read first."""
+    if path.resolve() in seen:
+        raise UserError(f"{path}: 'extends' cycle through {', '.join(map(str, seen))}")
+    raw = load_yaml(path) or {}
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{path}: a setting must be a mapping of config sections")
+    raw = dict(raw)
+    items: list[tuple[str, Any, str]] = []
+    if "extends" in raw:
+        items += _setting_items(setting_path(raw.pop("extends")), (*seen, path.resolve()))
+    source = f"setting {path.name}"
+    items += [(key, value, source) for key, value in flatten(raw).items()]
+    return items
+
+
+def _field_model(dotted: str) -> type[BaseModel] | None:
+    """The section class at a dotted path, or None if the path is not a section."""
+    model: type[BaseModel] = Config
+    for part in dotted.split(".") if dotted else []:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _is_section(dotted: str) -> bool:
+    return _field_model(dotted) is not None
+
+
+def _check_key(key: str, source: str) -> None:
+    """Unknown dotted keys fail here, naming the closest valid key."""
+    parts = key.split(".")
+    model: type[BaseModel] = Config
+    for depth, part in enumerate(parts):
+        if part not in model.model_fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            hint = difflib.get_close_matches(part, list(model.model_fields), n=1)
+            suggestion = f"; did you mean '{'.'.join([*parts[:depth], hint[0]])}'?" if hint else ""
+            raise UserError(
+                f"unknown config key '{key}' (from {source}): no '{part}' in {where}{suggestion}"
+                f" Valid keys there: {', '.join(model.model_fields)}"
+            )
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return  # a leaf (dict-valued leaves take any sub-keys)
+
+
+def _apply(tree: dict[str, Any], sources: dict[str, str], key: str, value: Any, source: str) -> None:
+    _check_key(key, source)
+    if isinstance(value, Mapping) and _is_section(key):
+        for sub, subvalue in flatten(value, key + ".").items():
+            _apply(tree, sources, sub, subvalue, source)
+        return
+    node = tree
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    sources[key] = source
+
+
+def _explain(err: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = ["invalid config:"]
+    for problem in err.errors():
+        path = ".".join(str(p) for p in problem["loc"])
+        source = next(
+            (sources[k] for k in sorted(sources, key=len, reverse=True) if path.startswith(k)),
+            None,
+        )
+        if source is None:  # a cross-field check: name any key set inside that section
+            source = next((s for k, s in sources.items() if k.startswith(path)), "defaults")
+        value = problem.get("input")
+        shown = "" if isinstance(value, Mapping) else f" got {value!r};"
+        lines.append(f"  {path or '<root>'}:{shown} {problem['msg']} (from {source})")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Every name the harness writes to MLflow, in one place (design.md, "Tracking store layout")."""
+
+__all__ = [
+    "TAG_STUDY", "TAG_ARM", "TAG_SEED", "TAG_STAGE", "TAG_CONFIG_HASH", "TAG_PRETRAIN_RUN_ID",
+    "TAG_GIT_COMMIT", "TAG_GIT_DIRTY", "TAG_PARENT_RUN_ID", "METRICS", "train_metric", "val_metric",
+    "test_metric", "TRAIN_LOSS", "LR", "PAIRS_PER_S",
+    "ARTIFACT_CONFIG", "ARTIFACT_RANKS", "ARTIFACT_TRACEBACK", "ARTIFACT_GIT_DIFF",
+]
+
+TAG_STUDY = "harness.study"
+TAG_ARM = "harness.arm"
+TAG_SEED = "harness.seed"
+TAG_STAGE = "harness.stage"  # pretrain | finetune | study
+TAG_CONFIG_HASH = "harness.config_hash"
+TAG_PRETRAIN_RUN_ID = "harness.pretrain_run_id"
+TAG_GIT_COMMIT = "git.commit"
+TAG_GIT_DIRTY = "git.dirty"
+TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nesting tag
+
+# Retrieval metric keys, recalls in percent (core.metrics spells them the same way).
+METRICS = (
+    "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
+    "i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr",
+)
+TRAIN_LOSS = "train/loss"
+LR = "lr"
+PAIRS_PER_S = "train/pairs_per_s"
+
+
+def train_metric(term: str) -> str:
+    """A loss term's per-epoch metric: ``align_loss`` -> ``train/align_loss``."""
+    return f"train/{term}"
+
+
+def val_metric(metric: str) -> str:
+    return f"val/{metric}"
+
+
+def test_metric(metric: str, split: str = "test") -> str:
+    """``test/<metric>``; COCO also ``test5k/<metric>`` and ``test1k/<metric>`` (5-fold mean)."""
+    return f"{split}/{metric}"
+
+
+ARTIFACT_CONFIG = "config.yaml"
+ARTIFACT_RANKS = "ranks.npz"  # per-query ranks of the test evaluation: i2t (n_images,), t2i (n_texts,)
+ARTIFACT_TRACEBACK = "traceback.txt"
+ARTIFACT_GIT_DIFF = "git.diff"
