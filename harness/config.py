@@ -192,6 +192,7 @@ def _apply(tree: dict[str, Any], sources: dict[str, str], key: str, value: Any, 
     for part in parents:
         node = node.setdefault(part, {})
     node[leaf] = value
+    sources.pop(key, None)  # re-insert: the dict's order is the order values were last set
     sources[key] = source
 
 
@@ -203,8 +204,9 @@ def _explain(err: ValidationError, sources: Mapping[str, str]) -> str:
             (sources[k] for k in sorted(sources, key=len, reverse=True) if path.startswith(k)),
             None,
         )
-        if source is None:  # a cross-field check: name any key set inside that section
-            source = next((s for k, s in sources.items() if k.startswith(path)), "defaults")
+        if source is None:  # a cross-field check: name the last source that set a key inside it
+            inside = [s for k, s in sources.items() if k.startswith(path)]
+            source = inside[-1] if inside else "defaults"
         value = problem.get("input")
         shown = "" if isinstance(value, Mapping) else f" got {value!r};"
         lines.append(f"  {path or '<root>'}:{shown} {problem['msg']} (from {source})")

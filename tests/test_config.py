@@ -1,0 +1,79 @@
+"""Config resolution: setting -> layers -> --set, with errors that name key, value and source."""
+
+import pytest
+
+from core.config import Config
+from core.errors import UserError
+from harness.config import flatten, parse_set, resolve
+
+
+def test_default_setting_is_cpu_small():
+    config = resolve()
+    assert config.data.source == "synthscenes"
+    assert config.model.embed_dim == 128  # from cpu-small.yaml, not the paper-scale default
+
+
+def test_later_layers_override_earlier_ones():
+    config = resolve(
+        overrides=["model.decoder.depth=6"],
+        layers=[("base", {"model.decoder.depth": 1, "finetune.epochs": 7}), ("arm", {"model.decoder.depth": 3})],
+    )
+    assert config.model.decoder.depth == 6
+    assert config.finetune.epochs == 7
+
+
+def test_set_values_are_parsed_as_yaml_scalars():
+    assert parse_set("runtime.seed=3") == ("runtime.seed", 3)
+    assert parse_set("model.image.pretrained=null") == ("model.image.pretrained", None)
+    assert parse_set("data.crop_scale=[0.5, 1.0]") == ("data.crop_scale", [0.5, 1.0])
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_set("model.decoder.depth")
+
+
+def test_nested_mapping_layers_merge_instead_of_replacing_sections():
+    config = resolve(layers=[("arm", {"model.decoder": {"placement": "prefix"}})])
+    assert config.model.decoder.placement == "prefix"
+    assert config.model.decoder.num_tokens == 16  # kept from the setting
+
+
+def test_typo_suggests_the_closest_key():
+    with pytest.raises(UserError, match=r"did you mean 'model\.decoder'\?"):
+        resolve(overrides=["model.decodr.depth=1"])
+
+
+def test_bad_choice_names_key_value_and_source():
+    with pytest.raises(UserError) as err:
+        resolve(overrides={"model.decoder.placement": "middle"})
+    message = str(err.value)
+    assert "model.decoder.placement" in message and "'middle'" in message and "--set" in message
+
+
+def test_cross_field_error_names_the_layer_that_caused_it():
+    with pytest.raises(UserError, match=r"crop_scale.*\(from arm x\)"):
+        resolve(layers=[("arm x", {"data.crop_scale": [0.9, 0.2]})])
+
+
+def test_dict_valued_fields_take_any_subkey():
+    config = resolve(overrides=["model.image.backbone_args.depth=2"])
+    assert config.model.image.backbone_args["depth"] == 2
+
+
+def test_unknown_setting_lists_known_settings():
+    with pytest.raises(UserError, match="cpu-small"):
+        resolve("cpu-smal")
+
+
+def test_setting_extends_another(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: cpu-small\nfinetune:\n  epochs: 9\n")
+    config = resolve(child)
+    assert config.finetune.epochs == 9 and config.model.embed_dim == 128
+
+
+def test_config_is_frozen_and_flattens_to_dotted_keys():
+    config = Config()
+    with pytest.raises(Exception):
+        config.runtime.seed = 5
+    flat = flatten(config)
+    assert flat["model.decoder.depth"] == 4
+    assert flat["model.image.backbone_args"] == {}  # dict fields stay leaves
