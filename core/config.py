@@ -120,6 +120,7 @@ class TextEncoderConfig(Section):
     pretrained: bool = True  # False: random init from the backbone's config (+ config_overrides)
     config_overrides: dict[str, Any] = {}  # applied to the HF config (tiny random encoders)
     max_length: int = Field(128, ge=8)  # tokens, dense captions included
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)  # on backbone token features (released text path)
     pool: Pooling = "gpo"
     lr_mult: float = 0.1  # backbone learning rate multiplier
 
@@ -132,6 +133,9 @@ class DecoderConfig(Section):
     heads: int = Field(4, ge=1)
     mlp_ratio: float = Field(4.0, gt=0)
     placement: Literal["prefix", "postfix", "surround"] = "surround"
+    # sinusoidal positions over words + tokens; without them attention is order-blind, so
+    # placement has no effect (False reproduces the released decoder)
+    positions: bool = True
     mask_padding: bool = True  # False reproduces the released code (batch-dependent embeddings)
     # False reproduces the released training path (decoder output added un-normalised)
     normalize_residual: bool = True
