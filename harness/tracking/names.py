@@ -5,6 +5,7 @@ __all__ = [
     "TAG_GIT_COMMIT", "TAG_GIT_DIRTY", "TAG_PARENT_RUN_ID", "METRICS", "train_metric", "val_metric",
     "test_metric", "TRAIN_LOSS", "LR", "PAIRS_PER_S",
     "ARTIFACT_CONFIG", "ARTIFACT_RANKS", "ARTIFACT_TRACEBACK", "ARTIFACT_GIT_DIFF",
+    "STAGE_STUDY", "STAGE_PRETRAIN", "TAG_ARM_ORDER", "TAG_BASELINE", "ARTIFACT_STUDY", "ARTIFACT_FIGURES",
 ]
 
 TAG_STUDY = "harness.study"
@@ -16,6 +17,11 @@ TAG_PRETRAIN_RUN_ID = "harness.pretrain_run_id"
 TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nesting tag
+STAGE_STUDY = "study"  # harness.stage of the study's parent run
+STAGE_PRETRAIN = "pretrain"  # harness.stage of a shared pre-training run
+# On the parent run, so that `harness report` needs nothing but the store:
+TAG_ARM_ORDER = "harness.arm_order"  # JSON list of arm labels, in the study's order
+TAG_BASELINE = "harness.baseline"  # the arm the others are compared with
 
 # Retrieval metric keys, recalls in percent (core.metrics spells them the same way).
 METRICS = (
@@ -45,3 +51,5 @@ ARTIFACT_CONFIG = "config.yaml"
 ARTIFACT_RANKS = "ranks.npz"  # per-query ranks of the test evaluation: i2t (n_images,), t2i (n_texts,)
 ARTIFACT_TRACEBACK = "traceback.txt"
 ARTIFACT_GIT_DIFF = "git.diff"
+ARTIFACT_STUDY = "study.yaml"  # the study file, on the parent run
+ARTIFACT_FIGURES = "figures"  # folder of the report's plots, on the parent run
