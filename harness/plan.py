@@ -1,0 +1,255 @@
+"""Planning: a study -> the stages to run, each with a content hash, shared where they agree.
+
+A run (one arm, one seed) is a chain of stages ``pretrain -> finetune -> eval`` (test evaluation
+at the checkpoint chosen on val). A stage's hash covers exactly the config fields its result
+depends on (:data:`STAGE_FIELDS`) plus its parent's hash, so stages that agree on those are one
+stage: a decoder-depth ablation runs one pre-training per seed. :func:`make_plan` is pure (it only
+reads setting files, through ``resolve``); :func:`stage_status` looks at the working directory.
+
+On disk a stage lives in ``<workdir>/stages/<hash>/``; the executor writes the ``DONE`` marker
+last (:func:`mark_done`), so a folder with checkpoints but no marker is an interrupted stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from core.config import Config
+from core.errors import UserError
+from harness.config import flatten
+from harness.study import Arm, Study, arm_config, expand_arms
+
+__all__ = [
+    "StageKind",
+    "StageStatus",
+    "STAGE_FIELDS",
+    "NEUTRAL_FIELDS",
+    "StageRecord",
+    "RunRecord",
+    "Plan",
+    "make_plan",
+    "stage_chain",
+    "hashed_fields",
+    "stage_hash",
+    "stage_dir",
+    "mark_done",
+    "stage_status",
+    "DONE",
+    "LAST_CHECKPOINT",
+]
+
+StageKind = Literal["pretrain", "finetune", "eval"]
+StageStatus = Literal["done", "partial", "todo"]
+
+# What each stage's result depends on, as dotted config prefixes; the parent's hash is added, so a
+# stage lists only what it reads itself. The eval (val) settings that pick the checkpoint belong
+# to the training stages; a stage never lists another stage's section.
+STAGE_FIELDS: dict[StageKind, tuple[str, ...]] = {
+    "pretrain": (
+        "data",
+        "model.embed_dim",
+        "model.image",
+        "model.text",  # not model.decoder: pre-training embeds dense text without the decoder
+        "pretrain",
+        "eval.select_metric",
+        "eval.every_epochs",
+        "runtime.seed",
+        "runtime.precision",
+        "runtime.tf32",
+    ),
+    "finetune": (
+        "data",
+        "model",
+        "finetune",
+        "eval.select_metric",
+        "eval.every_epochs",
+        "runtime.seed",
+        "runtime.precision",
+        "runtime.tf32",
+    ),
+    # The model section: a pre-train-only run is tested without fine-tuning, and how its text is
+    # embedded depends on the model's settings, which its parent does not hash.
+    "eval": ("data", "model", "eval", "runtime.precision", "runtime.tf32"),
+}
+# Fields that change how fast or how verbosely a stage runs, never what it computes. The device
+# changes only floating-point rounding (the design treats a CPU and a GPU result as the same stage).
+NEUTRAL_FIELDS: frozenset[str] = frozenset(
+    {"runtime.device", "runtime.fused_adamw", "runtime.log_every_steps", "data.num_workers", "eval.batch_size"}
+)
+# Bump when a change to the trainer makes old stage outputs wrong for the same config.
+HASH_VERSION = 1
+HASH_LENGTH = 16  # hex digits: 64 bits, no collision among any realistic number of stages
+
+DONE = "DONE"  # the marker file written last when a stage finishes
+LAST_CHECKPOINT = "last.safetensors"  # core.train's epoch checkpoint: its presence = resumable
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage to run once, shared by every (arm label, seed) in ``users``.
+
+    ``config`` is the first user's resolved config; every user agrees with it on the fields
+    this stage hashes."""
+
+    kind: StageKind
+    hash: str
+    parent: str | None
+    config: Config
+    users: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One (arm, seed): its resolved config and its chain of stage hashes, parents first."""
+
+    arm: Arm
+    seed: int
+    config: Config
+    chain: tuple[str, ...]
+    config_hash: str  # the last stage's hash: the whole run's identity
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A study's runs (seed-major, arms in study order) and its distinct stages, parents first."""
+
+    study: Study
+    runs: tuple[RunRecord, ...]
+    stages: dict[str, StageRecord]
+
+
+def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Plan:
+    """Expand a study into runs and de-duplicated stages (pure: nothing is written).
+
+    Runs are ordered seed-major (every arm of seed 0, then of seed 1, ...) so that an interrupted
+    study already holds complete comparisons for its first seeds.
+
+    Args:
+        study: a validated study.
+        overrides: ``--set`` items (``KEY=VALUE`` strings or a mapping), applied to every arm last.
+
+    Raises:
+        UserError: a bad key or value in any arm (naming the arm), or an arm with both stages
+            disabled; raised before anything runs.
+    """
+    runs: list[RunRecord] = []
+    first: dict[str, tuple[StageKind, str | None, Config]] = {}
+    users: dict[str, list[tuple[str, int]]] = {}
+    for seed in study.seeds:
+        for arm in expand_arms(study):
+            config = arm_config(study, arm, overrides, seed=seed)
+            try:
+                chain = stage_chain(config)
+            except UserError as err:
+                raise UserError(f"study {study.name}, arm '{arm.label}': {err}") from None
+            for kind, digest, parent in chain:
+                first.setdefault(digest, (kind, parent, config))
+                users.setdefault(digest, []).append((arm.label, seed))
+            hashes = tuple(digest for _, digest, _ in chain)
+            runs.append(RunRecord(arm, seed, config, hashes, hashes[-1]))
+    stages = {
+        digest: StageRecord(kind, digest, parent, config, tuple(users[digest]))
+        for digest, (kind, parent, config) in first.items()  # insertion order: parents first
+    }
+    return Plan(study, tuple(runs), stages)
+
+
+def stage_chain(config: Config) -> list[tuple[StageKind, str, str | None]]:
+    """A run's stages as ``(kind, hash, parent hash)``, honouring the stage switches.
+
+    ``pretrain.enabled: false``: the finetune has no parent (it starts from the initial model).
+    ``finetune.enabled: false``: the test evaluation runs on the pre-trained checkpoint.
+
+    Args:
+        config: the run's resolved config.
+
+    Raises:
+        UserError: both stages disabled (nothing to train).
+    """
+    kinds: list[StageKind] = [kind for kind in ("pretrain", "finetune") if getattr(config, kind).enabled]
+    if not kinds:
+        raise UserError("pretrain.enabled and finetune.enabled are both false: there is nothing to train")
+    chain, parent = [], None
+    for kind in (*kinds, "eval"):
+        digest = stage_hash(config, kind, parent)
+        chain.append((kind, digest, parent))
+        parent = digest
+    return chain
+
+
+def hashed_fields(config: Config, kind: StageKind) -> dict[str, Any]:
+    """The ``{dotted.key: value}`` a stage's hash covers (its own fields, not its parent's).
+
+    Args:
+        config: a resolved config.
+        kind: the stage.
+    """
+    prefixes = STAGE_FIELDS[kind]
+    return {
+        key: value
+        for key, value in flatten(config).items()
+        if key not in NEUTRAL_FIELDS and any(key == p or key.startswith(p + ".") for p in prefixes)
+    }
+
+
+def stage_hash(config: Config, kind: StageKind, parent: str | None) -> str:
+    """The stage's content hash: its fields and its parent's hash, as canonical JSON.
+
+    Args:
+        config: a resolved config.
+        kind: the stage.
+        parent: the parent stage's hash, or None for a first stage.
+    """
+    payload = {"version": HASH_VERSION, "kind": kind, "parent": parent, "fields": hashed_fields(config, kind)}
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def stage_dir(workdir: str | os.PathLike, digest: str) -> Path:
+    """Where a stage's outputs live: ``<workdir>/stages/<hash>/``.
+
+    Args:
+        workdir: the harness working directory.
+        digest: the stage's hash.
+    """
+    return Path(workdir) / "stages" / digest
+
+
+def mark_done(workdir: str | os.PathLike, digest: str) -> None:
+    """Write the stage's ``DONE`` marker: call it last, once every output is in place.
+
+    Args:
+        workdir: the harness working directory.
+        digest: the stage's hash.
+    """
+    folder = stage_dir(workdir, digest)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{DONE}.tmp"
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, folder / DONE)  # atomic: a crash never leaves a marker without its stage
+
+
+def stage_status(plan: Plan, workdir: str | os.PathLike) -> dict[str, StageStatus]:
+    """Each stage's state on disk: ``done`` (marker), ``partial`` (an epoch checkpoint, no
+    marker: resumable) or ``todo``.
+
+    Args:
+        plan: the plan.
+        workdir: the harness working directory.
+    """
+    status: dict[str, StageStatus] = {}
+    for digest in plan.stages:
+        folder = stage_dir(workdir, digest)
+        if (folder / DONE).is_file():
+            status[digest] = "done"
+        elif (folder / LAST_CHECKPOINT).is_file():
+            status[digest] = "partial"
+        else:
+            status[digest] = "todo"
+    return status

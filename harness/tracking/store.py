@@ -1,0 +1,462 @@
+"""The MLflow tracking store: a thin ``Tracker`` over ``MlflowClient`` (this package is the only
+one that imports mlflow).
+
+The client API, not MLflow's fluent ``mlflow.start_run`` (one global active run per process), so
+one process can hold the study's parent run and any number of stage runs at once.
+
+Layout (design.md): experiment = study name; one parent run per study (``harness.stage=study``,
+reused on re-runs); one child run per (arm, seed, stage) tagged with ``harness.*`` and ``git.*``.
+
+Interruptions: a process killed with ``kill -9`` leaves its runs RUNNING. On the next
+``harness run`` (which holds the study's lock, so no live process owns them) :meth:`Tracker.
+reap_unfinished` marks them KILLED, and :meth:`Tracker.start_run` *resumes* the KILLED run of the
+same (arm, seed, stage, config hash) instead of opening a new one: the stage resumes from its last
+epoch checkpoint and keeps logging into the same run. The store so ends with exactly one FINISHED
+run per (arm, seed, stage) and no RUNNING orphans. FAILED runs are never resumed: they keep their
+traceback, and a retry opens a new run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+from core.errors import UserError
+from harness.tracking import names
+
+__all__ = ["RunStatus", "Tracker", "init_store", "default_tracking_uri", "provenance"]
+
+RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
+STUDY_STAGE = "study"  # harness.stage of the parent run
+RESUMABLE = ("RUNNING", "KILLED")  # left by a killed or interrupted process
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+PACKAGES = ("torch", "timm", "transformers", "mlflow")
+# Provenance tags beyond names.py's git ones.
+TAG_VERSION = "harness.version.{}"  # one per package in PACKAGES, and python
+TAG_CUDA = "harness.cuda"
+TAG_DEVICE = "harness.device"
+TRUNCATED = "...[truncated]"
+
+
+def default_tracking_uri(workdir: str | os.PathLike) -> str:
+    """The project's default store: ``sqlite:///<workdir>/mlflow.db`` (absolute path).
+
+    Args:
+        workdir: the harness working directory.
+    """
+    return f"sqlite:///{(Path(workdir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def init_store(uri: str) -> None:
+    """Create (or migrate) the store's schema once; call it before any worker process starts.
+
+    MLflow creates and migrates a SQL store's tables the first time a client touches it. Several
+    processes doing that at once on a fresh SQLite file race and crash ("table already exists",
+    "database is locked"), so the parent process does it first, alone. Idempotent.
+
+    Args:
+        uri: the tracking URI (any scheme; for a server this checks that it answers).
+    """
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def provenance(project_dir: str | os.PathLike = PROJECT_DIR) -> dict[str, Any]:
+    """Where a result comes from: the code (git), the packages and the machine.
+
+    Returns ``{"git_commit": str | None, "git_dirty": bool | None, "git_diff": str,
+    "versions": {package: version}, "cuda": str | None, "device": str}``; the git fields are None
+    outside a git work tree or without git. ``git_diff`` holds the changes against HEAD and lists
+    untracked files, when dirty.
+
+    Args:
+        project_dir: the project's folder (the git work tree).
+    """
+    commit = _git(project_dir, "rev-parse", "HEAD")
+    dirty, diff = None, ""
+    if commit is not None:
+        status = _git(project_dir, "status", "--porcelain") or ""
+        dirty = bool(status.strip())
+        if dirty:
+            untracked = (_git(project_dir, "ls-files", "--others", "--exclude-standard") or "").split()
+            diff = (_git(project_dir, "diff", "HEAD") or "") + "".join(f"# untracked: {p}\n" for p in untracked)
+    import torch  # late: seconds to import, and only provenance needs it here
+
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    cuda = torch.cuda.is_available()
+    return {
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": dirty,
+        "git_diff": diff,
+        "versions": versions,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine() or "cpu"),
+    }
+
+
+class Tracker:
+    """The harness's view of one tracking store.
+
+    Args:
+        uri: the tracking URI (``sqlite:///...``, ``http://...``, ...).
+        provenance: what :func:`provenance` returns, when the caller already has it (workers
+            receive the parent's); computed on the first :meth:`start_run` otherwise.
+    """
+
+    def __init__(self, uri: str, provenance: Mapping[str, Any] | None = None):
+        self.uri = uri
+        self._client = MlflowClient(tracking_uri=uri)
+        self._provenance = provenance
+        self._experiments: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------- runs
+    def study_run(self, study: str, description: str = "") -> str:
+        """The study's parent run, created on the first run of the study and reused (set
+        RUNNING again) on every re-run.
+
+        Args:
+            study: the study name (the experiment, created if missing).
+            description: shown as the run's description.
+        """
+        experiment = self._experiment(study, create=True)
+        found = next(self._search(experiment, f"tags.`{names.TAG_STAGE}` = '{STUDY_STAGE}'", order="asc"), None)
+        tags = {names.TAG_STUDY: study, names.TAG_STAGE: STUDY_STAGE, MLFLOW_RUN_NOTE: description}
+        if found is None:
+            return self._client.create_run(experiment, tags=_tag_values(tags), run_name=study).info.run_id
+        run_id = found.info.run_id
+        self._client.update_run(run_id, status="RUNNING")
+        self._log(run_id, tags=tags)
+        return run_id
+
+    def start_run(
+        self,
+        study: str,
+        arm: str,
+        seed: int,
+        stage: str,
+        config_hash: str,
+        parent_run_id: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        pretrain_run_id: str | None = None,
+    ) -> str:
+        """Open the run of one stage of one (arm, seed), or resume the one an interrupted
+        process left RUNNING or KILLED with the same config hash.
+
+        Args:
+            study: the study name (the experiment).
+            arm: the arm's label.
+            seed: the run's seed.
+            stage: ``pretrain``, ``finetune`` or ``eval``.
+            config_hash: the stage's content hash.
+            parent_run_id: the study's parent run (:meth:`study_run`).
+            params: the flattened resolved config; values longer than MLflow's limit are
+                truncated (the full config is the ``config.yaml`` artifact). A resumed run keeps
+                the values it has: they agree on every hashed field.
+            tags: extra tags (they override the standard ones, e.g. the worker's device).
+            pretrain_run_id: the pre-training's run, on finetune runs.
+        """
+        experiment = self._experiment(study, create=True)
+        origin = self._origin()
+        all_tags = {
+            names.TAG_STUDY: study,
+            names.TAG_ARM: arm,
+            names.TAG_SEED: str(seed),
+            names.TAG_STAGE: stage,
+            names.TAG_CONFIG_HASH: config_hash,
+            names.TAG_PARENT_RUN_ID: parent_run_id,
+            **origin["tags"],
+            **({names.TAG_PRETRAIN_RUN_ID: pretrain_run_id} if pretrain_run_id else {}),
+            **(tags or {}),
+        }
+        values = {key: _param_value(value) for key, value in (params or {}).items()}
+        resumed = self._find(study, arm, seed, stage, config_hash, RESUMABLE)
+        if resumed is None:
+            run_name = f"{arm} seed={seed} {stage}"
+            run_id = self._client.create_run(experiment, tags=_tag_values(all_tags), run_name=run_name).info.run_id
+        else:
+            run_id = resumed
+            self._client.update_run(run_id, status="RUNNING")
+            self._log(run_id, tags=all_tags)
+            logged = self._client.get_run(run_id).data.params
+            values = {key: value for key, value in values.items() if key not in logged}
+        self._log(run_id, params=values)
+        if origin["diff"]:
+            self._client.log_text(run_id, origin["diff"], names.ARTIFACT_GIT_DIFF)
+        return run_id
+
+    def find_run(
+        self,
+        study: str,
+        arm: str | None,
+        seed: int | None,
+        stage: str,
+        config_hash: str,
+        status: RunStatus = "FINISHED",
+    ) -> str | None:
+        """The latest run of (arm, seed, stage) with this config hash and status, or None.
+
+        Args:
+            study: the study name.
+            arm: the arm's label; None: any arm (a stage shared by several arms).
+            seed: the seed; None: any seed.
+            stage: the stage.
+            config_hash: the stage's content hash.
+            status: the run status to look for (FINISHED: work that a re-run skips).
+        """
+        return self._find(study, arm, seed, stage, config_hash, (status,))
+
+    def reap_unfinished(self, study: str, status: RunStatus = "KILLED") -> list[str]:
+        """Mark the study's stage runs still RUNNING as ``status``; returns their ids.
+
+        Call it at the start of a study while holding the study's lock: any RUNNING run then
+        belongs to a process that died. Those still in the plan are resumed by
+        :meth:`start_run`; the others stay KILLED instead of RUNNING forever. The parent run is
+        left alone (:meth:`study_run` reopens it).
+
+        Args:
+            study: the study name.
+            status: what to mark them (KILLED, or FAILED).
+        """
+        experiment = self._experiment(study, create=False)
+        if experiment is None:
+            return []
+        orphans = [
+            run.info.run_id
+            for run in self._search(experiment, "attributes.status = 'RUNNING'")
+            if run.data.tags.get(names.TAG_STAGE) != STUDY_STAGE
+        ]
+        for run_id in orphans:
+            self._client.set_terminated(run_id, status=status)
+        return orphans
+
+    def end_run(self, run_id: str, status: RunStatus = "FINISHED") -> None:
+        """Close a run.
+
+        Args:
+            run_id: the run.
+            status: FINISHED, FAILED or KILLED.
+        """
+        self._client.set_terminated(run_id, status=status)
+
+    # ---------------------------------------------------------------------------- logging
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """Log metrics at a step (the epoch). Logging a key again at the same step, as a
+        resumed run may, adds a value with a later timestamp; readers take the latest.
+
+        Args:
+            run_id: the run.
+            metrics: ``{name: value}`` with names from :mod:`harness.tracking.names`.
+            step: the step (epoch).
+        """
+        now = int(time.time() * 1000)
+        self._log(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) tags on a run.
+
+        Args:
+            run_id: the run.
+            tags: ``{name: value}``; values are stored as strings.
+        """
+        self._log(run_id, tags=tags)
+
+    def final_metrics(self, run_id: str) -> dict[str, float]:
+        """Each metric's latest value in a run (the highest step; the newest at that step).
+
+        Args:
+            run_id: the run.
+        """
+        return dict(self._client.get_run(run_id).data.metrics)
+
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which ``key`` was logged (what a resumed run still lacks).
+
+        Args:
+            run_id: the run.
+            key: the metric's name.
+        """
+        return {metric.step for metric in self._client.get_metric_history(run_id, key)}
+
+    def log_artifact_text(self, run_id: str, name: str, text: str) -> None:
+        """Store ``text`` as the artifact file ``name`` (e.g. ``names.ARTIFACT_TRACEBACK``).
+
+        Args:
+            run_id: the run.
+            name: the artifact's path inside the run.
+            text: its content.
+        """
+        self._client.log_text(run_id, text, name)
+
+    def log_artifact_file(self, run_id: str, path: str | os.PathLike, artifact_dir: str | None = None) -> None:
+        """Copy a local file into the run's artifacts.
+
+        Args:
+            run_id: the run.
+            path: the local file.
+            artifact_dir: a folder inside the run's artifacts; the top level when None.
+        """
+        self._client.log_artifact(run_id, str(path), artifact_dir)
+
+    # -------------------------------------------------------------------------- internals
+    def _experiment(self, study: str, create: bool) -> str | None:
+        if study in self._experiments:
+            return self._experiments[study]
+        experiment = self._client.get_experiment_by_name(study)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise UserError(
+                f"the MLflow experiment '{study}' was deleted; restore it (mlflow experiments restore)"
+                f" or remove it for good (mlflow gc) in {self.uri}"
+            )
+        if experiment is None and not create:
+            return None
+        if experiment is None:
+            try:
+                experiment_id = self._client.create_experiment(study, artifact_location=_artifact_root(self.uri))
+            except MlflowException as err:  # another process created it first
+                if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment_id = self._client.get_experiment_by_name(study).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        self._experiments[study] = experiment_id
+        return experiment_id
+
+    def _find(
+        self, study: str, arm: str | None, seed: int | None, stage: str, config_hash: str, statuses: tuple[str, ...]
+    ) -> str | None:
+        experiment = self._experiment(study, create=False)
+        if experiment is None:
+            return None
+        query = (
+            f"tags.`{names.TAG_STAGE}` = {_quote(stage)} and tags.`{names.TAG_CONFIG_HASH}` = {_quote(config_hash)}"
+        )
+        for run in self._search(experiment, query):  # newest first
+            tags = run.data.tags
+            if (
+                run.info.status in statuses
+                and (arm is None or tags.get(names.TAG_ARM) == arm)
+                and (seed is None or tags.get(names.TAG_SEED) == str(seed))
+            ):
+                return run.info.run_id
+        return None
+
+    def _search(self, experiment: str, query: str, order: str = "desc") -> Iterator[Any]:
+        """Every run matching ``query``, paging through the results."""
+        token = None
+        while True:
+            page = self._client.search_runs(
+                [experiment], query, max_results=1000, order_by=[f"attributes.start_time {order}"], page_token=token
+            )
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def _log(
+        self,
+        run_id: str,
+        metrics: Sequence[Metric] = (),
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """log_batch in chunks within MLflow's per-request limits."""
+        params = [Param(k, v) for k, v in (params or {}).items()]
+        tags = [RunTag(k, v) for k, v in _tag_values(tags or {}).items()]
+        for i in range(0, len(params), MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(run_id, params=params[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+        for i in range(0, len(tags), MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(run_id, tags=tags[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+        for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self._client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS_PER_BATCH])
+
+    def _origin(self) -> dict[str, Any]:
+        """Provenance as run tags, plus the diff to store when the work tree is dirty."""
+        if self._provenance is None:
+            self._provenance = provenance()
+        info = self._provenance
+        dirty = info["git_dirty"]
+        tags = {
+            names.TAG_GIT_COMMIT: info["git_commit"] or "unknown",
+            names.TAG_GIT_DIRTY: "unknown" if dirty is None else str(dirty).lower(),
+            TAG_CUDA: info["cuda"] or "none",
+            TAG_DEVICE: info["device"],
+            **{TAG_VERSION.format(package): version for package, version in info["versions"].items()},
+        }
+        return {"tags": tags, "diff": info["git_diff"] if dirty else ""}
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other schemes and in-memory SQLite)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri[len(prefix) :] in ("", ":memory:"):
+        return None
+    return Path(uri[len(prefix) :])
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database (MLflow's default is ./mlruns under
+    whatever folder the process runs in); a server decides for itself (None)."""
+    db = _sqlite_path(uri)
+    return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
+
+
+def _git(project_dir: str | os.PathLike, *args: str) -> str | None:
+    """A git command's output, or None when git is missing or the folder is not a work tree."""
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=project_dir, capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _param_value(value: Any) -> str:
+    """A config value as an MLflow param: strings as they are, the rest as JSON (true, null,
+    [9, 15]: readable back with ``--set``), cut to MLflow's length limit."""
+    return _clip(value if isinstance(value, str) else json.dumps(value, sort_keys=True), MAX_PARAM_VAL_LENGTH)
+
+
+def _tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
+    return {key: _clip(str(value), MAX_TAG_VAL_LENGTH) for key, value in tags.items()}
+
+
+def _clip(text: str, limit: int) -> str:
+    """MLflow refuses longer values; the full text lives in an artifact (config, study file)."""
+    return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
+def _quote(value: str) -> str:
+    """A value for an MLflow filter string (which has no escape for quotes)."""
+    if "'" in value:
+        raise ValueError(f"cannot search MLflow for a value with a quote: {value!r}")
+    return f"'{value}'"
