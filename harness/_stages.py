@@ -1,0 +1,81 @@
+"""Running one stage in this process: training (pretrain / finetune) or the test evaluation.
+
+Imported lazily by the executor so that planning, dry runs and the scheduler never load torch
+models. A stage writes its outputs into its own folder and returns a JSON-able record
+(``history``: per-epoch metrics, ``best``: validation metrics at the selected epoch, ``final``:
+test metrics) that the executor keeps beside them for replay.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.config import Config
+from core.data import Split, build_splits
+from core.evaluate import evaluate
+from core.train import BEST, load_model, resolve_device, train_stage
+from harness.plan import StageRecord
+from harness.tracking import names
+
+__all__ = ["run_stage", "splits_for"]
+
+_SPLITS: dict[str, dict[str, Split]] = {}  # per process: one decoded data cache per data section
+
+
+def splits_for(config: Config, workdir: Path) -> dict[str, Split]:
+    """The data splits of ``config.data`` (prepared under ``workdir/data`` once, then reused)."""
+    key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
+    if key not in _SPLITS:
+        _SPLITS[key] = build_splits(config.data, Path(workdir) / "data")
+    return _SPLITS[key]
+
+
+def _on_device(config: Config, device: str | None) -> Config:
+    if device is None:
+        return config
+    return config.model_copy(update={"runtime": config.runtime.model_copy(update={"device": device})})
+
+
+def run_stage(
+    stage: StageRecord,
+    out_dir: Path,
+    parent_dir: Path | None,
+    workdir: Path,
+    device: str | None,
+    on_event: Callable[[Any], None],
+) -> dict[str, Any]:
+    """Run ``stage`` into ``out_dir`` (resuming a partial one) and return its record."""
+    config = _on_device(stage.config, device)
+    splits = splits_for(config, workdir)
+    init_from = parent_dir / BEST if parent_dir is not None else None
+    started = time.perf_counter()
+    if stage.kind == "eval":
+        record = _evaluate_test(config, init_from, out_dir, splits)
+    else:
+        result = train_stage(config, stage.kind, out_dir, init_from=init_from, callback=on_event, splits=splits)
+        record = {"history": result.history, "best": result.best_metrics, "best_epoch": result.best_epoch}
+        record["checkpoint_seconds"] = result.checkpoint_seconds
+    # compute time inside core (the overhead benchmark subtracts it from the harness's wall time)
+    record["seconds"] = time.perf_counter() - started
+    return record
+
+
+def _evaluate_test(config: Config, checkpoint: Path | None, out_dir: Path, splits: dict[str, Split]) -> dict[str, Any]:
+    """The test split, once, at the selected checkpoint; per-query ranks saved for significance."""
+    if checkpoint is None:
+        raise ValueError("the eval stage needs a trained parent stage")
+    device = resolve_device(config.runtime.device)
+    result = evaluate(load_model(config, checkpoint, device), splits["test"], config, device=device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / names.ARTIFACT_RANKS, i2t=result.i2t_ranks, t2i=result.t2i_ranks)
+    final = {names.test_metric(k): v for k, v in result.metrics.items()}
+    if result.fold_metrics is not None:  # COCO: 5K over the whole split, 1K as the 5-fold mean
+        final |= {names.test_metric(k, "test5k"): v for k, v in result.metrics.items()}
+        final |= {names.test_metric(k, "test1k"): v for k, v in result.fold_metrics.items()}
+    return {"final": final}

@@ -1,0 +1,158 @@
+"""The ``harness`` command. Each command is a typed signature whose docstring is its help page
+and whose body is one call into the harness. ``UserError`` and pydantic's ``ValidationError`` are
+caught here, and only here, printed with rich, and turned into exit code 1."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from core.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+console = Console(stderr=True)
+
+DEFAULT_WORKDIR = Path(".harness")  # relative to the current directory, unless HARNESS_HOME is set
+
+Workdir = Annotated[
+    Optional[Path],
+    typer.Option(help="Caches, stage outputs, locks [default: $HARNESS_HOME, else ./.harness]"),
+]
+TrackingUri = Annotated[
+    Optional[str],
+    typer.Option(help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db]"),
+]
+Setting = Annotated[Optional[str], typer.Option(help="Base setting: a name in studies/settings/ or a YAML path")]
+Sets = Annotated[list[str], typer.Option("--set", help="Override KEY=VALUE (dotted key, YAML value); repeatable")]
+
+
+def resolve_workdir(workdir: Path | None) -> Path:
+    return Path(workdir or os.environ.get("HARNESS_HOME") or DEFAULT_WORKDIR).resolve()
+
+
+def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
+    from harness.tracking import default_tracking_uri
+
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
+
+
+def _friendly_errors(command):
+    """Print bad-input errors without a traceback and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            console.print(f"[bold red]error:[/] {err}", highlight=False)
+        except ValidationError as err:
+            console.print(f"[bold red]invalid input:[/] {err}", highlight=False)
+        raise typer.Exit(1)
+
+    return wrapper
+
+
+@app.command()
+@_friendly_errors
+def run(
+    study: Annotated[Path, typer.Argument(help="The study YAML file")],
+    set_: Sets = [],
+    workdir: Workdir = None,
+    tracking_uri: TrackingUri = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan (cached / to run / shared) and exit")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes running independent stages")] = 1,
+    devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Re-run the (arm, seed) runs that failed before")] = False,
+    quiet: Annotated[bool, typer.Option(help="Log lines instead of progress bars")] = False,
+):
+    """Expand a study into runs, share and cache stages, execute, and track them in MLflow."""
+    from harness import console as ui
+    from harness.execute import plan_study, run_study
+    from harness.plan import stage_status
+
+    workdir = resolve_workdir(workdir)
+    if dry_run:
+        _, plan, tasks = plan_study(study, tuple(set_))
+        ui.print_plan(plan, tasks, stage_status(plan, workdir))
+        return
+    device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
+    reporter = ui.LogReporter() if quiet else ui.ProgressReporter()
+    with reporter:
+        result = run_study(
+            study,
+            workdir=workdir,
+            tracking_uri=resolve_tracking_uri(tracking_uri, workdir),
+            overrides=tuple(set_),
+            workers=workers,
+            devices=device_list,
+            retry_failed=retry_failed,
+            reporter=reporter,
+        )
+    ui.print_summary(result)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly_errors
+def prepare(setting: Setting = None, set_: Sets = [], workdir: Workdir = None):
+    """Decode and cache a dataset's images once, as uint8 arrays (memory-mapped shards)."""
+    from core.data import prepare as prepare_data
+    from harness.config import resolve
+
+    config = resolve(setting, set_)
+    paths = prepare_data(config.data, resolve_workdir(workdir) / "data")
+    for split, path in paths.items():
+        console.print(f"{split}: {path}")
+
+
+@app.command()
+@_friendly_errors
+def densify(
+    model: Annotated[str, typer.Option(help="Local folder of an image-text-to-text model (LLaVA family)")],
+    out: Annotated[Path, typer.Option(help="The dense-caption JSONL to write (appended, resumable)")],
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to caption")] = "train,val,test",
+    prompt: Annotated[str, typer.Option(help="The instruction given with each image")] = "Describe this image in detail.",
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass")] = 0.9,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy)")] = 0.2,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest caption, in tokens")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Images per generation batch")] = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
+    setting: Setting = None,
+    set_: Sets = [],
+    workdir: Workdir = None,
+):
+    """Write dense captions for a dataset's images with a local vision-language model."""
+    from core.data.densify import DensifyConfig
+    from harness.config import resolve
+    from harness.densify import run_densify
+
+    cfg = DensifyConfig(
+        model=model, prompt=prompt, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, device=device, seed=seed,
+    )
+    config = resolve(setting, set_)
+    names = tuple(s.strip() for s in splits.split(","))
+    stats = run_densify(config.data, cfg, out, resolve_workdir(workdir) / "data", names)
+    console.print(f"{out}: {stats.written} written, {stats.skipped} already there ({stats.seconds:.0f}s)")
+
+
+@app.command()
+@_friendly_errors
+def bench(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Benchmarks to run (default: all)")] = None,
+    out: Annotated[Path, typer.Option(help="Where results are written")] = Path("reports/benchmarks"),
+    device: Annotated[str, typer.Option(help="Device of the benchmarks that take one")] = "cpu",
+):
+    """Run the benchmark suite (speed, memory, harness overhead) and write reports/benchmarks."""
+    from harness.bench import run_benchmarks
+
+    for path in run_benchmarks(list(names or []), out, device):
+        console.print(f"wrote {path}")

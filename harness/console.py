@@ -1,0 +1,137 @@
+"""What ``harness run`` shows: the plan table, progress bars (or log lines), the summary table."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from harness.execute import Reporter, StudyResult, Task, TaskOutcome
+from harness.plan import Plan
+
+__all__ = ["print_plan", "print_summary", "ProgressReporter", "LogReporter"]
+
+console = Console()
+log = logging.getLogger("harness")
+
+
+def _stage_names(task: Task) -> str:
+    return " -> ".join(stage.kind for stage in task.stages)
+
+
+def print_plan(plan: Plan, tasks: list[Task], status: dict[str, str]) -> None:
+    """The dry-run table: one row per task, with what is cached, to run, or shared."""
+    table = Table(title=f"Plan for study '{plan.study.name}'", title_justify="left")
+    for column in ("arm", "seed", "stages", "status", "depends on", "shared by"):
+        table.add_column(column)
+    for task in tasks:
+        states = {status.get(stage.hash, "todo") for stage in task.stages}
+        state = "cached" if states == {"done"} else ("partial" if "partial" in states or "done" in states else "to run")
+        users = {u for stage in task.stages for u in stage.users}
+        shared = f"{len(users)} runs" if len(users) > 1 else ""
+        depends = task.depends_on[:10] if task.depends_on else ""
+        table.add_row(task.label, str(task.seed), _stage_names(task), state, depends, shared)
+    console.print(table)
+    pretrains = sum(task.kind == "pretrain" for task in tasks)
+    console.print(f"{len(plan.runs)} (arm, seed) runs, {pretrains} pre-trainings, {len(plan.stages)} stages")
+
+
+def print_summary(result: StudyResult) -> None:
+    """The end-of-run table: arm, seed, status, val rSum, test rSum, time."""
+    table = Table(title=f"Study '{result.study.name}'", title_justify="left")
+    for column in ("arm", "seed", "stage", "status", "val rsum", "test rsum", "time"):
+        table.add_column(column, justify="right" if column in ("val rsum", "test rsum", "time") else "left")
+    for outcome in result.outcomes:
+        style = {"FAILED": "red", "FINISHED": "green"}.get(outcome.status, "")
+        status = outcome.status + (" (cached)" if outcome.cached else "")
+        table.add_row(
+            outcome.task.label,
+            str(outcome.task.seed),
+            _stage_names(outcome.task),
+            f"[{style}]{status}[/]",
+            _fmt(outcome.metrics.get("val/rsum")),
+            _fmt(outcome.metrics.get("test/rsum")),
+            f"{outcome.seconds:.0f}s",
+        )
+    console.print(table)
+    for outcome in result.failed:
+        console.print(f"[red]FAILED[/] {outcome.task.label} seed {outcome.task.seed}: {outcome.error}", highlight=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+class ProgressReporter(Reporter):
+    """A study bar (tasks done / total, ETA) and a stage bar (epoch, step, loss, pairs/s)."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+        )
+        self.study_bar = None
+        self.stage_bar = None
+
+    def __enter__(self) -> ProgressReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def start(self, tasks: list[Task]) -> None:
+        self.study_bar = self.progress.add_task("study", total=len(tasks), info="")
+
+    def task_started(self, task: Task) -> None:
+        if self.stage_bar is not None:
+            self.progress.remove_task(self.stage_bar)
+        self.stage_bar = self.progress.add_task(f"{task.label} s{task.seed}", total=None, info="")
+
+    def event(self, task: Task, event: Any) -> None:
+        if self.stage_bar is None:
+            return
+        done = event.epoch * event.steps_per_epoch + event.step
+        total = None
+        info = f"{event.stage} epoch {event.epoch + 1}"
+        if "train/loss" in event.metrics:
+            info += f" loss {event.metrics['train/loss']:.3f}"
+        if "train/pairs_per_s" in event.metrics:
+            info += f" {event.metrics['train/pairs_per_s']:.0f} pairs/s"
+        if "val/rsum" in event.metrics:
+            info += f" val rsum {event.metrics['val/rsum']:.1f}"
+        self.progress.update(self.stage_bar, completed=done, total=total, info=info)
+
+    def task_finished(self, outcome: TaskOutcome) -> None:
+        if self.study_bar is not None:
+            self.progress.advance(self.study_bar)
+            self.progress.update(self.study_bar, info=f"last: {outcome.task.label} {outcome.status}")
+
+
+class LogReporter(Reporter):
+    """``--quiet``: one log line per epoch and per task, no bars."""
+
+    def __enter__(self) -> LogReporter:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        self.started = time.time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def event(self, task: Task, event: Any) -> None:
+        if event.kind == "epoch":
+            shown = {k: round(v, 3) for k, v in event.metrics.items() if k in ("train/loss", "val/rsum", "train/pairs_per_s")}
+            log.info("%s seed %d %s epoch %d %s", task.label, task.seed, event.stage, event.epoch, shown)
+
+    def task_finished(self, outcome: TaskOutcome) -> None:
+        log.info("%s seed %d: %s%s", outcome.task.label, outcome.task.seed, outcome.status, " (cached)" if outcome.cached else "")

@@ -1,0 +1,328 @@
+"""Execution of a plan: stages in dependency order, cached by hash, tracked in MLflow.
+
+The unit of work is a *task*: one shared pre-training stage, or one (arm, seed)'s fine-tuning
+followed by its test evaluation. A task whose stage outputs exist (``DONE`` marker) is not trained
+again; its recorded history is replayed into this study's tracking run, so every study in the store
+is complete on its own even when its stages were cached by another study. A task that raises is
+marked FAILED with its traceback and the others go on; tasks that depend on it fail without running.
+
+Tasks run in this process by default, or in worker processes (``workers`` > 1, one per device
+with ``devices``); the scheduler in this process hands out tasks whose parent stage is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+from core.errors import UserError
+from harness.config import config_to_yaml, flatten
+from harness.plan import DONE, Plan, RunRecord, StageRecord, make_plan, mark_done, stage_dir
+from harness.study import Study, load_study
+from harness.tracking import Tracker, init_store, names, provenance
+
+__all__ = ["Task", "TaskOutcome", "StudyResult", "Reporter", "run_study", "plan_study", "study_lock"]
+
+SHARED_LABEL = "shared"  # arm label of a pre-training that several arms share
+Status = Literal["FINISHED", "FAILED", "SKIPPED"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One schedulable unit: a shared pre-training, or an (arm, seed)'s fine-tune + test eval."""
+
+    key: str  # the hash of the task's last stage
+    kind: Literal["pretrain", "arm"]
+    stages: tuple[StageRecord, ...]  # in order; all run in one tracking run
+    depends_on: str | None  # key of the task that must finish first
+    label: str  # arm label, or the arms sharing a pre-training
+    seed: int
+    run: RunRecord | None = None  # for arm tasks
+
+
+@dataclass
+class TaskOutcome:
+    task: Task
+    status: Status
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # val best + test
+    seconds: float = 0.0
+    cached: bool = False
+    error: str | None = None
+
+
+@dataclass
+class StudyResult:
+    study: Study
+    plan: Plan
+    outcomes: list[TaskOutcome]
+    parent_run_id: str
+
+    @property
+    def failed(self) -> list[TaskOutcome]:
+        return [o for o in self.outcomes if o.status == "FAILED"]
+
+
+class Reporter:
+    """Receives progress; the CLI subclasses it with rich bars. The default prints nothing."""
+
+    def start(self, tasks: list[Task]) -> None: ...
+    def task_started(self, task: Task) -> None: ...
+    def event(self, task: Task, event: Any) -> None: ...
+    def task_finished(self, outcome: TaskOutcome) -> None: ...
+
+
+# ------------------------------------------------------------------------------------ planning
+def plan_study(path: Path, overrides: tuple[str, ...] = ()) -> tuple[Study, Plan, list[Task]]:
+    """Load, validate and plan a study, and group its stages into tasks (no side effects)."""
+    study = load_study(path)
+    plan = make_plan(study, overrides)
+    return study, plan, _tasks(plan)
+
+
+def _tasks(plan: Plan) -> list[Task]:
+    tasks: dict[str, Task] = {}
+    for stage in plan.stages.values():
+        if stage.kind == "pretrain":
+            arms = list(dict.fromkeys(arm for arm, _ in stage.users))
+            label = arms[0] if len(arms) == 1 else SHARED_LABEL  # the harness.arm tag of the run
+            tasks[stage.hash] = Task(stage.hash, "pretrain", (stage,), None, label, stage.users[0][1])
+    for run in plan.runs:
+        chain = [plan.stages[h] for h in run.chain]
+        own = tuple(s for s in chain if s.kind != "pretrain")
+        parent = next((s.hash for s in chain if s.kind == "pretrain"), None)
+        key = f"{own[-1].hash}:{run.arm.label}:{run.seed}"
+        tasks[key] = Task(key, "arm", own, parent, run.arm.label, run.seed, run)
+    return list(tasks.values())
+
+
+# ------------------------------------------------------------------------------------- locking
+@contextlib.contextmanager
+def study_lock(workdir: Path, study_name: str) -> Iterator[None]:
+    """Refuse a second concurrent ``harness run`` of one study (the lock dies with its process)."""
+    lock_dir = Path(workdir) / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / f"{study_name}.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(
+            f"study '{study_name}' is already being run by another harness process (pid {holder});"
+            f" wait for it to finish, or remove {path} if that process is gone"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+# ------------------------------------------------------------------------------------ running
+def run_study(
+    path: Path,
+    *,
+    workdir: Path,
+    tracking_uri: str,
+    overrides: tuple[str, ...] = (),
+    workers: int = 1,
+    devices: tuple[str, ...] = (),
+    retry_failed: bool = False,
+    reporter: Reporter | None = None,
+) -> StudyResult:
+    """Run a study: plan, lock, execute tasks (cached ones replayed), track everything.
+
+    Args:
+        path: the study YAML.
+        workdir: caches, stage outputs, locks.
+        tracking_uri: the MLflow store.
+        overrides: ``--set KEY=VALUE`` items applied to every arm.
+        workers: parallel worker processes (1 = in this process).
+        devices: one worker per device (e.g. ``("cuda:0", "cuda:1")``); overrides ``workers``.
+        retry_failed: re-run the (arm, seed) runs whose last attempt FAILED; without it they are
+            reported as failed again without running.
+        reporter: progress sink.
+    """
+    reporter = reporter or Reporter()
+    study, plan, tasks = plan_study(path, overrides)
+    workdir = Path(workdir)
+    with study_lock(workdir, study.name):
+        init_store(tracking_uri)  # schema created once, before any worker starts
+        prov = provenance()
+        tracker = Tracker(tracking_uri, provenance=prov)
+        parent = tracker.study_run(study.name, study.description)
+        tracker.reap_unfinished(study.name)  # we hold the lock: RUNNING runs belong to dead processes
+        _log_study(tracker, parent, study, path, plan)
+        context = _Context(str(workdir), tracking_uri, study.name, parent, retry_failed, prov)
+        reporter.start(tasks)
+        slots = list(devices) or [None] * max(1, workers)
+        if len(slots) == 1:
+            outcomes = _run_sequential(tasks, context, slots[0], reporter)
+        else:
+            outcomes = _run_parallel(tasks, context, slots, reporter)
+        tracker.end_run(parent, "FAILED" if any(o.status == "FAILED" for o in outcomes) else "FINISHED")
+    return StudyResult(study, plan, outcomes, parent)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a task needs besides itself; plain data so it crosses process boundaries."""
+
+    workdir: str
+    tracking_uri: str
+    study: str
+    parent_run_id: str
+    retry_failed: bool
+    provenance: dict[str, Any]
+
+
+def _log_study(tracker: Tracker, parent: str, study: Study, path: Path, plan: Plan) -> None:
+    arms = list(dict.fromkeys(run.arm.label for run in plan.runs))
+    tracker.set_tags(parent, {names.TAG_ARM_ORDER: json.dumps(arms), names.TAG_BASELINE: study.baseline or arms[0]})
+    tracker.log_artifact_text(parent, names.ARTIFACT_STUDY, Path(path).read_text())
+
+
+def _run_sequential(tasks: list[Task], ctx: _Context, device: str | None, reporter: Reporter) -> list[TaskOutcome]:
+    outcomes: dict[str, TaskOutcome] = {}
+    for task in tasks:
+        blocked = _blocked_by(task, outcomes)
+        if blocked is not None:
+            outcomes[task.key] = blocked
+        else:
+            reporter.task_started(task)
+            outcomes[task.key] = execute_task(task, ctx, device, lambda e, t=task: reporter.event(t, e))
+        reporter.task_finished(outcomes[task.key])
+    return [outcomes[t.key] for t in tasks]
+
+
+def _run_parallel(tasks: list[Task], ctx: _Context, slots: list[str | None], reporter: Reporter) -> list[TaskOutcome]:
+    """A scheduler in this process; workers are spawned processes, one per slot."""
+    spawn = mp.get_context("spawn")
+    events = spawn.Manager().Queue()
+    outcomes: dict[str, TaskOutcome] = {}
+    pending = list(tasks)
+    free = list(slots)
+    running: dict[Future, tuple[Task, str | None]] = {}
+    by_key = {t.key: t for t in tasks}
+    with ProcessPoolExecutor(max_workers=len(slots), mp_context=spawn) as pool:
+        while pending or running:
+            for task in list(pending):
+                blocked = _blocked_by(task, outcomes)
+                if blocked is not None:
+                    pending.remove(task)
+                    outcomes[task.key] = blocked
+                    reporter.task_finished(blocked)
+                elif free and (task.depends_on is None or task.depends_on in outcomes):
+                    pending.remove(task)
+                    slot = free.pop(0)
+                    reporter.task_started(task)
+                    running[pool.submit(_worker, task, ctx, slot, events)] = (task, slot)
+            done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+            while not events.empty():
+                key, event = events.get()
+                reporter.event(by_key[key], event)
+            for future in done:
+                task, slot = running.pop(future)
+                free.append(slot)
+                outcomes[task.key] = future.result()
+                reporter.task_finished(outcomes[task.key])
+    return [outcomes[t.key] for t in tasks]
+
+
+def _worker(task: Task, ctx: _Context, device: str | None, events: Any) -> TaskOutcome:
+    return execute_task(task, ctx, device, lambda event: events.put((task.key, event)))
+
+
+def _blocked_by(task: Task, outcomes: dict[str, TaskOutcome]) -> TaskOutcome | None:
+    parent = outcomes.get(task.depends_on) if task.depends_on else None
+    if parent is not None and parent.status == "FAILED":
+        return TaskOutcome(task, "FAILED", error=f"its pre-training failed ({parent.error})")
+    return None
+
+
+# ------------------------------------------------------------------------------ one task
+def execute_task(task: Task, ctx: _Context, device: str | None, on_event: Callable[[Any], None]) -> TaskOutcome:
+    """Run (or replay from cache) one task inside its own tracking run; never raises."""
+    tracker = Tracker(ctx.tracking_uri, provenance=ctx.provenance)
+    workdir = Path(ctx.workdir)
+    last = task.stages[-1]
+    stage_tag = "pretrain" if task.kind == "pretrain" else ("finetune" if any(s.kind == "finetune" for s in task.stages) else "eval")
+    started = time.perf_counter()
+    finished = tracker.find_run(ctx.study, task.label, task.seed, stage_tag, last.hash, status="FINISHED")
+    if finished is not None:
+        return TaskOutcome(task, "FINISHED", finished, tracker.final_metrics(finished), cached=True)
+    failed = tracker.find_run(ctx.study, task.label, task.seed, stage_tag, last.hash, status="FAILED")
+    if failed is not None and not ctx.retry_failed:
+        return TaskOutcome(task, "FAILED", failed, error="failed in an earlier attempt (use --retry-failed)")
+    pretrain_run = None
+    if task.depends_on is not None:
+        pretrain_run = tracker.find_run(ctx.study, None, task.seed, "pretrain", task.depends_on, status="FINISHED")
+    run_id = tracker.start_run(
+        ctx.study, task.label, task.seed, stage_tag, last.hash, ctx.parent_run_id, flatten(last.config),
+        {"harness.device": device} if device else None, pretrain_run_id=pretrain_run,
+    )
+    tracker.log_artifact_text(run_id, names.ARTIFACT_CONFIG, config_to_yaml(last.config))
+    try:
+        metrics, cached = _run_stages(task, workdir, device, tracker, run_id, on_event)
+    except Exception as exc:  # failure isolation: record it, let the other tasks go on
+        tracker.log_artifact_text(run_id, names.ARTIFACT_TRACEBACK, traceback.format_exc())
+        tracker.end_run(run_id, "FAILED")
+        return TaskOutcome(task, "FAILED", run_id, seconds=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+    tracker.end_run(run_id, "FINISHED")
+    return TaskOutcome(task, "FINISHED", run_id, metrics, time.perf_counter() - started, cached)
+
+
+def _run_stages(
+    task: Task, workdir: Path, device: str | None, tracker: Tracker, run_id: str, on_event: Callable
+) -> tuple[dict[str, float], bool]:
+    from harness._stages import run_stage  # heavy imports (torch, models) only where stages run
+
+    def live(event: Any) -> None:
+        if event.kind == "epoch":  # per-epoch metrics show in the UI while the stage runs
+            tracker.log_metrics(run_id, event.metrics, step=event.epoch)
+        on_event(event)
+
+    metrics: dict[str, float] = {}
+    all_cached = True
+    for stage in task.stages:
+        out = stage_dir(workdir, stage.hash)
+        parent_out = stage_dir(workdir, stage.parent) if stage.parent else None
+        cached = (out / DONE).is_file()
+        all_cached &= cached
+        if cached:
+            record = json.loads((out / "record.json").read_text())
+        else:
+            record = run_stage(stage, out, parent_out, workdir, device, live)
+            (out / "record.json").write_text(json.dumps(record))
+            mark_done(workdir, stage.hash)
+        # Replay what the run lacks: a cached stage, or epochs a killed attempt never logged.
+        logged = tracker.logged_steps(run_id, names.TRAIN_LOSS)
+        for epoch, values in enumerate(record.get("history", [])):
+            if epoch not in logged:
+                tracker.log_metrics(run_id, values, step=epoch)
+        if record.get("final"):
+            tracker.log_metrics(run_id, record["final"], step=0)
+            metrics.update(record["final"])
+        if record.get("best"):
+            metrics.update({names.val_metric(k): v for k, v in record["best"].items()})
+        if (out / names.ARTIFACT_RANKS).is_file():
+            tracker.log_artifact_file(run_id, out / names.ARTIFACT_RANKS)
+    return metrics, all_cached
