@@ -1,0 +1,128 @@
+"""Two CPU processes (gloo), each holding half of a global batch, train exactly like one process
+holding all of it: same loss values, and after DDP's gradient averaging the same gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.config import AlignConfig, DistillConfig, FinetuneConfig, StructureConfig
+from core.losses import AlignmentLoss, DenseDistillLoss, StructureLoss, build_losses
+
+WORLD = 2
+BATCH = 8  # global; 4 per process
+STUDENT = ("image", "text")  # the embeddings that carry gradient; the teachers are frozen
+
+
+def _data() -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    unit = lambda *shape: F.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+    return {
+        "image": unit(BATCH, 6),
+        "text": unit(BATCH, 6),
+        "dense": unit(BATCH, 6),  # the dense-caption teacher of distillation
+        "image_teacher": unit(BATCH, 5),
+        "text_teacher": unit(BATCH, 7),
+        # image 0 has captions on both processes, image 1 too: positives cross process borders
+        "image_ids": torch.tensor([0, 1, 2, 0, 3, 1, 4, 0]),
+    }
+
+
+def _align(cfg: AlignConfig, epoch: int) -> tuple[Callable[[], nn.Module], Callable]:
+    return lambda: AlignmentLoss(cfg), lambda m, x: m(x["image"], x["text"], x["image_ids"], epoch)
+
+
+def _distill(metric: str) -> tuple[Callable[[], nn.Module], Callable]:
+    cfg = DistillConfig(metric=metric, temperature=0.3)
+    return lambda: DenseDistillLoss(cfg), lambda m, x: m(x["text"], x["dense"])
+
+
+def _structure(metric: str) -> tuple[Callable[[], nn.Module], Callable]:
+    cfg = StructureConfig(enabled=True, metric=metric, mix_init=0.4, temperature=0.5)
+    return lambda: StructureLoss(cfg), lambda m, x: m(x["image"], x["text"], x["image_teacher"], x["text_teacher"])
+
+
+def _all_terms(m: nn.ModuleDict, x: dict[str, Tensor]) -> dict[str, Tensor]:
+    """What the trainer does with build_losses' output: every enabled loss, terms merged."""
+    return {
+        **m["align"](x["image"], x["text"], x["image_ids"], 1),
+        **m["distill"](x["text"], x["dense"]),
+        **m["structure"](x["image"], x["text"], x["image_teacher"], x["text_teacher"]),
+    }
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], Callable]] = {
+    "triplet_all_negatives": _align(AlignConfig(loss="triplet"), epoch=0),
+    "triplet_hardest": _align(AlignConfig(loss="triplet"), epoch=1),
+    "infonce": _align(AlignConfig(loss="infonce", temperature=0.2), epoch=0),
+    **{f"distill_{metric}": _distill(metric) for metric in ("cosine", "l2", "l1", "kl")},
+    **{f"structure_{metric}": _structure(metric) for metric in ("mae", "mse", "kl")},
+    "all": (
+        lambda: build_losses(
+            FinetuneConfig(align=AlignConfig(loss="infonce"), structure=StructureConfig(enabled=True))
+        ),
+        _all_terms,
+    ),
+}
+
+
+def _run_cases(rows: slice) -> dict[str, dict[str, Tensor]]:
+    """Every case on the pairs ``rows`` of the global batch: the loss value, the gradient w.r.t.
+    the global embeddings (zero outside ``rows``) and the losses' own parameter gradients."""
+    results = {}
+    for name, (build, call) in CASES.items():
+        data = {k: v.clone().requires_grad_(k in STUDENT) for k, v in _data().items()}
+        module = build()
+        loss = sum(call(module, {k: v[rows] for k, v in data.items()}).values())
+        loss.backward()
+        results[name] = {
+            "loss": loss.detach(),
+            **{f"grad/{k}": data[k].grad for k in STUDENT if data[k].grad is not None},
+            **{f"param/{n}": p.grad for n, p in module.named_parameters()},
+        }
+    return results
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        local = BATCH // WORLD
+        results = _run_cases(slice(rank * local, (rank + 1) * local))
+        for result in results.values():
+            for key in (k for k in result if k.startswith("grad/")):
+                # DDP: the model's parameter gradients are averaged over processes
+                dist.all_reduce(result[key])
+                result[key] /= WORLD
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[dict, list[dict]]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return _run_cases(slice(None)), ranks
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_match_one_process_on_the_global_batch(runs, case):
+    single, ranks = runs
+    expected = single[case]
+    for rank, result in enumerate(ranks):
+        got = result[case]
+        assert got.keys() == expected.keys() and "grad/text" in expected
+        for key, value in expected.items():
+            # "loss": every process sees the global value; "grad/*": after DDP averaging;
+            # "param/*": the losses' own parameters already get the full gradient on each process
+            assert value is not None, f"{case}: {key} got no gradient"
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=f"{case} rank {rank} {key}")
