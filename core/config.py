@@ -155,7 +155,13 @@ class AlignConfig(Section):
     margin: float = 0.2  # triplet
     hardest_after_epoch: int = Field(1, ge=0)  # triplet: all negatives before this epoch
     temperature: float = Field(0.05, gt=0)  # infonce: initial value (learnable)
-    min_temperature: float = Field(0.01, gt=0)  # infonce: clamp, keeps logits bounded
+    min_temperature: float = Field(0.01, gt=0)  # infonce: floor, keeps logits bounded
+
+    @model_validator(mode="after")
+    def _temperature_above_floor(self) -> AlignConfig:
+        if self.temperature <= self.min_temperature:
+            raise ValueError(f"temperature ({self.temperature}) must exceed min_temperature ({self.min_temperature})")
+        return self
 
 
 class DistillConfig(Section):
@@ -179,6 +185,13 @@ class StructureConfig(Section):
     temperature: float = Field(0.1, gt=0)  # fixed: a learnable one lets the loss shrink itself
     mix_init: float = Field(0.5, ge=0.0, le=1.0)  # lambda: text vs image teacher relations
     learn_mix: bool = True  # lambda learnable, kept in [0, 1]
+
+    @model_validator(mode="after")
+    def _learnable_mix_inside(self) -> StructureConfig:
+        # lambda = sigmoid(logit): a learnable mix cannot start at exactly 0 or 1
+        if self.learn_mix and self.mix_init in (0.0, 1.0):
+            raise ValueError(f"a learnable mix needs 0 < mix_init < 1, got {self.mix_init} (or set learn_mix: false)")
+        return self
 
 
 # ------------------------------------------------------------------------------------ training

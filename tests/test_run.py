@@ -138,7 +138,7 @@ def test_failing_arm_is_isolated_and_recorded(tmp_path):
         ({"vary": {"model.decoder.dpth": [1, 2]}}, "did you mean 'model.decoder.depth'"),
         ({"vary": {"model.decoder.depth": ["deep"]}}, "model.decoder.depth"),
         ({"vary": {"model.decoder.depth": []}}, "empty"),
-        ({"arms": [{"label": "a", "set": {}}, {"label": "a", "set": {}}]}, "duplicate"),
+        ({"arms": [{"label": "a", "set": {}}, {"label": "a", "set": {}}]}, "labels repeat"),
         ({"setting": "no-such-setting", "vary": {"model.decoder.depth": [1]}}, "no-such-setting"),
         ({"vary": {"model.decoder.depth": [1]}, "colour": "red"}, "colour"),
     ],
