@@ -162,12 +162,7 @@ class InfoNCELoss(nn.Module):
     """
 
     def __init__(self, cfg: AlignConfig):
-        super().__init__()
-        if cfg.temperature <= cfg.min_temperature:
-            raise UserError(
-                f"align.temperature ({cfg.temperature}) must exceed align.min_temperature "
-                f"({cfg.min_temperature}): it is the learnable temperature's starting value"
-            )
+        super().__init__()  # AlignConfig guarantees temperature > min_temperature
         self.min_temperature = cfg.min_temperature
         self.theta = nn.Parameter(torch.tensor(math.log(cfg.temperature - cfg.min_temperature)))
 
@@ -316,11 +311,6 @@ class StructureLoss(nn.Module):
         self.weight = cfg.weight
         self.temperature = cfg.temperature  # a plain float: fixed, never optimised
         self.metric = _lookup(STRUCTURE_METRICS, cfg.metric, "structure.metric")
-        if cfg.learn_mix and not 0.0 < cfg.mix_init < 1.0:
-            raise UserError(
-                f"structure.mix_init={cfg.mix_init}: a learnable mix needs 0 < mix_init < 1 "
-                "(set structure.learn_mix=false to fix it at 0 or 1)"
-            )
         self.learn_mix = cfg.learn_mix
         if cfg.learn_mix:
             self.mix_logit = nn.Parameter(torch.logit(torch.tensor(cfg.mix_init, dtype=torch.float64)).float())

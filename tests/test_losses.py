@@ -115,8 +115,8 @@ def test_infonce_temperature_is_learnable_and_never_below_its_floor():
 
 
 def test_infonce_starting_temperature_must_exceed_the_floor():
-    with pytest.raises(UserError, match="min_temperature"):
-        AlignmentLoss(AlignConfig(loss="infonce", temperature=0.01, min_temperature=0.01))
+    with pytest.raises(ValidationError, match="min_temperature"):
+        AlignConfig(loss="infonce", temperature=0.01, min_temperature=0.01)
 
 
 # ------------------------------------------------------------------------------- distillation
@@ -212,8 +212,8 @@ def test_structure_temperature_is_fixed_not_a_parameter():
 
 
 def test_structure_learnable_mix_cannot_start_at_a_bound():
-    with pytest.raises(UserError, match="mix_init"):
-        StructureLoss(StructureConfig(enabled=True, learn_mix=True, mix_init=0.0))
+    with pytest.raises(ValidationError, match="mix_init"):
+        StructureConfig(enabled=True, learn_mix=True, mix_init=0.0)
 
 
 # ------------------------------------------------------------------------------------ builder
