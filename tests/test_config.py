@@ -4,7 +4,7 @@ import pytest
 
 from core.config import Config
 from core.errors import UserError
-from harness.config import flatten, parse_set, resolve
+from harness.config import SETTINGS_DIR, flatten, parse_set, resolve
 
 
 def test_default_setting_is_cpu_small():
@@ -77,3 +77,8 @@ def test_config_is_frozen_and_flattens_to_dotted_keys():
     flat = flatten(config)
     assert flat["model.decoder.depth"] == 4
     assert flat["model.image.backbone_args"] == {}  # dict fields stay leaves
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml")))
+def test_every_named_setting_resolves(name):
+    assert isinstance(resolve(name), Config)
