@@ -1,0 +1,123 @@
+"""``harness report``: read the store, build each study's report, write the files, log the
+figures on the study's parent run. The only part of the report with effects."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from core.errors import UserError
+from harness.report._latex import to_latex
+from harness.report._plots import plot_ablation, plot_training_curves
+from harness.report._study import study_view
+from harness.report._summary import FINISHED, StudyReport, pick_runs, study_report
+from harness.report._text import to_csv, to_markdown
+from harness.tracking import names
+from harness.tracking.read import load_ranks, log_figures, runs_frame, stored_studies
+
+__all__ = ["build_report", "load_reports"]
+
+N_RESAMPLES = 1000  # bootstrap resamples per interval
+BOOTSTRAP_SEED = 0  # the same store gives the same intervals
+_DPI = 200
+
+
+def load_reports(
+    tracking_uri: str,
+    studies: Sequence[str] | None = None,
+    metric: str | None = None,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> list[StudyReport]:
+    """Each study's report, from the tracking store alone.
+
+    Args:
+        tracking_uri: the MLflow tracking URI.
+        studies: study names; None or empty: every study in the store.
+        metric: the metric plotted (and added to the table when not among its columns); None:
+            each study's first report metric.
+        n_resamples: bootstrap resamples per delta interval.
+        seed: seeds the bootstrap.
+
+    Raises:
+        UserError: no store, no study, an unknown study (the message lists those in the store)
+            or an unknown metric.
+    """
+    if metric is not None and metric not in names.METRICS:
+        raise UserError(f"unknown metric '{metric}'; metrics: {', '.join(names.METRICS)}")
+    stored = stored_studies(tracking_uri, studies or None)
+    frame = runs_frame(tracking_uri, [s.name for s in stored])
+    reports = []
+    for record in stored:
+        rows = frame[frame["study"] == record.name]
+        view = study_view(record, rows)
+        picked = pick_runs(rows, view)
+        # Ranks are only read when there is a baseline to compare with.
+        finished = picked.loc[picked["status"] == FINISHED, "run_id"] if view.baseline else []
+        ranks = {run_id: load_ranks(tracking_uri, run_id) for run_id in finished}
+        reports.append(study_report(view, rows, ranks, metric, n_resamples, seed=seed))
+    return reports
+
+
+def build_report(
+    tracking_uri: str,
+    studies: Sequence[str] | None = None,
+    out_dir: str | os.PathLike = "reports",
+    latex: bool = False,
+    standalone: bool = False,
+    metric: str | None = None,
+    log_to_store: bool = True,
+) -> list[Path]:
+    """Write each study's tables and figures to ``out_dir/<study>/`` and log the figures on
+    the study's parent run (artifact folder ``figures``).
+
+    Files: ``table.md``, ``table.csv``, ``table.tex`` (with ``latex`` or ``standalone``),
+    ``ablation.png/.pdf`` (unless the study's ``report.plot`` is ``none``) and
+    ``curves.png/.pdf`` (validation metric per epoch), each when there is data to show.
+
+    Args:
+        tracking_uri: the MLflow tracking URI.
+        studies: study names; None or empty: every study in the store.
+        out_dir: the folder holding one subfolder per study.
+        latex: write ``table.tex``.
+        standalone: make ``table.tex`` a complete document that compiles with pdflatex
+            (implies ``latex``).
+        metric: the metric plotted; None: each study's first report metric.
+        log_to_store: log the figures on the parent runs (so they show in the MLflow UI).
+
+    Returns:
+        The files written, per study in the order above.
+
+    Raises:
+        UserError: as :func:`load_reports`.
+    """
+    written = []
+    for report in load_reports(tracking_uri, studies, metric):
+        folder = Path(out_dir) / report.view.name
+        folder.mkdir(parents=True, exist_ok=True)
+        shown = metric or report.view.spec.metrics[0]
+        tables = {"table.md": to_markdown(report), "table.csv": to_csv(report)}
+        if latex or standalone:
+            tables["table.tex"] = to_latex(report, standalone=standalone)
+        for name, text in tables.items():
+            (folder / name).write_text(text, encoding="utf-8")
+            written.append(folder / name)
+        figures = {
+            "ablation": plot_ablation(report, shown) if report.view.spec.plot != "none" else None,
+            "curves": plot_training_curves(report, shown),
+        }
+        images = [path for stem, fig in figures.items() if fig is not None for path in _save(fig, folder / stem)]
+        if log_to_store and images:
+            log_figures(tracking_uri, report.view.parent_run_id, images)
+        written += images
+    return written
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=_DPI)
+    return paths

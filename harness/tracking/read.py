@@ -1,0 +1,254 @@
+"""The read side of the tracking store: what ``harness report`` needs, and nothing it does not.
+
+Everything comes from the store alone (design.md, "Tracking store layout"): a study is an
+experiment holding a parent run tagged ``harness.stage=study``; the parent carries the arm order
+(``harness.arm_order``, a JSON list), the baseline (``harness.baseline``) and the study file
+(artifact ``study.yaml``); every other run of the experiment is a stage run of one (arm, seed),
+or a pre-training shared by several arms.
+
+Metrics are read as a tidy frame, one row per (run, metric, step): the per-epoch ``val/*``
+metrics with their whole history, every other metric as its latest value (``test/*`` is logged
+once). A key logged twice at one step (a resumed run replays an epoch) counts with its latest
+value, as the writer promises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+from core.errors import UserError
+from harness.tracking import names
+from harness.tracking.store import _sqlite_path
+
+__all__ = ["StoredStudy", "FRAME_COLUMNS", "stored_studies", "runs_frame", "load_ranks", "log_figures"]
+
+# Columns of runs_frame, in order. start_time: epoch milliseconds (newest run wins a tie).
+FRAME_COLUMNS = ("study", "arm", "seed", "stage", "run_id", "status", "start_time", "metric", "value", "step")
+HISTORY_PREFIXES = ("val/",)  # per-epoch metrics read with their whole history (training curves)
+_PAGE = 1000  # runs per search_runs request
+_STUDY_FILTER = f"tags.`{names.TAG_STAGE}` = '{names.STAGE_STUDY}'"  # the parent run
+_STAGE_RUNS = f"tags.`{names.TAG_STAGE}` != '{names.STAGE_STUDY}'"  # every other run
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """A study as the store holds it (its parent run and what that run carries).
+
+    Attributes:
+        name: the study (= experiment) name.
+        parent_run_id: the study's parent run.
+        arm_order: arm labels in the study's order (``harness.arm_order``); empty when untagged.
+        baseline: the baseline arm (``harness.baseline``), or None when untagged.
+        study_yaml: the study file's text (artifact ``study.yaml``), or None when absent.
+    """
+
+    name: str
+    parent_run_id: str
+    arm_order: tuple[str, ...]
+    baseline: str | None
+    study_yaml: str | None
+
+
+def stored_studies(uri: str, studies: Sequence[str] | None = None) -> list[StoredStudy]:
+    """The studies in the store, in the order asked (or by name when ``studies`` is None).
+
+    Args:
+        uri: the tracking URI.
+        studies: study names; None: every study in the store.
+
+    Raises:
+        UserError: the store is missing or holds no study; a name is not a study there (the
+            message lists those that are).
+    """
+    client = _client(uri)
+    return [_stored_study(client, name, run) for name, run in _parents(client, uri, studies)]
+
+
+def runs_frame(uri: str, studies: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every stage run of the studies as a tidy frame, one row per (run, metric, step).
+
+    Columns: ``FRAME_COLUMNS``. ``seed`` is a nullable integer; ``step`` is the epoch for the
+    per-epoch ``val/*`` history and missing for a metric read as its latest value. A run that
+    logged no metric (it failed early) keeps one row with ``metric`` and ``value`` missing, so
+    that it can still be listed.
+
+    Args:
+        uri: the tracking URI.
+        studies: study names; None: every study in the store.
+
+    Raises:
+        UserError: as :func:`stored_studies`.
+    """
+    client = _client(uri)
+    rows = [
+        row
+        for name, parent in _parents(client, uri, studies)
+        for run in _search(client, parent.info.experiment_id, _STAGE_RUNS)
+        for row in _run_rows(client, name, run)
+    ]
+    frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+    frame["seed"] = frame["seed"].astype("Int64")
+    frame["step"] = frame["step"].astype("Int64")
+    frame["value"] = frame["value"].astype(float)
+    return frame
+
+
+def load_ranks(uri: str, run_id: str) -> dict[str, np.ndarray] | None:
+    """The per-query ranks of a run's test evaluation (artifact ``ranks.npz``).
+
+    Args:
+        uri: the tracking URI.
+        run_id: the run.
+
+    Returns:
+        ``{"i2t": (n_images,), "t2i": (n_texts,)}`` 0-based integer ranks, or None when the run
+        has no ranks artifact (a run that failed, or one tracked before ranks were saved).
+
+    Raises:
+        UserError: the artifact is there but is not such a pair of rank arrays.
+    """
+    with _artifact(_client(uri), run_id, names.ARTIFACT_RANKS) as path:
+        if path is None:
+            return None
+        try:
+            with np.load(path) as data:
+                ranks = {key: np.asarray(data[key]) for key in data.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            raise UserError(f"run {run_id}: {names.ARTIFACT_RANKS} is not a readable .npz file ({err})") from None
+    bad = [k for k in ("i2t", "t2i") if k not in ranks or ranks[k].ndim != 1 or ranks[k].dtype.kind not in "iu"]
+    if bad:
+        raise UserError(
+            f"run {run_id}: {names.ARTIFACT_RANKS} should hold 1-D integer arrays 'i2t' and 't2i';"
+            f" bad or missing: {bad} (it has {sorted(ranks)})"
+        )
+    return {"i2t": ranks["i2t"], "t2i": ranks["t2i"]}
+
+
+def log_figures(uri: str, parent_run_id: str, paths: Iterable[str | os.PathLike]) -> None:
+    """Attach files (the report's figures) to a study's parent run, under ``figures/``, so
+    that they show in the MLflow UI. A file logged again replaces the earlier one.
+
+    Args:
+        uri: the tracking URI.
+        parent_run_id: the study's parent run (:attr:`StoredStudy.parent_run_id`).
+        paths: local files.
+    """
+    client = _client(uri)
+    for path in paths:
+        client.log_artifact(parent_run_id, str(path), names.ARTIFACT_FIGURES)
+
+
+# ---------------------------------------------------------------------------------- internals
+def _client(uri: str) -> MlflowClient:
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        # MlflowClient would quietly create an empty store there.
+        raise UserError(f"no tracking store at {db} (from {uri}); run a study first, or pass --tracking-uri")
+    # A report downloads a few small files per run; MLflow's progress bar for each would bury
+    # the report's own output. The user's explicit setting wins.
+    os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
+    return MlflowClient(tracking_uri=uri)
+
+
+def _parents(client: MlflowClient, uri: str, studies: Sequence[str] | None) -> list[tuple[str, object]]:
+    """(study name, parent run) of each study asked for, checked against the store."""
+    found = {}
+    for experiment in client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
+        parent = next(_search(client, experiment.experiment_id, _STUDY_FILTER, order="asc"), None)
+        if parent is not None:
+            found[experiment.name] = parent
+    if not found:
+        raise UserError(f"no studies in the tracking store {uri}; run one first (harness run STUDY.yaml)")
+    if studies is None:
+        return sorted(found.items())
+    for name in studies:
+        if name not in found:
+            hint = difflib.get_close_matches(name, list(found), n=1)
+            raise UserError(
+                f"no study '{name}' in the tracking store {uri}"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; studies there: {', '.join(sorted(found))}"
+            )
+    return [(name, found[name]) for name in dict.fromkeys(studies)]
+
+
+def _stored_study(client: MlflowClient, name: str, parent) -> StoredStudy:
+    tags = parent.data.tags
+    order = json.loads(tags[names.TAG_ARM_ORDER]) if names.TAG_ARM_ORDER in tags else []
+    return StoredStudy(
+        name=name,
+        parent_run_id=parent.info.run_id,
+        arm_order=tuple(str(label) for label in order),
+        baseline=tags.get(names.TAG_BASELINE),
+        study_yaml=_artifact_text(client, parent.info.run_id, names.ARTIFACT_STUDY),
+    )
+
+
+def _artifact_text(client: MlflowClient, run_id: str, name: str) -> str | None:
+    with _artifact(client, run_id, name) as path:
+        return None if path is None else path.read_text()
+
+
+@contextlib.contextmanager
+def _artifact(client: MlflowClient, run_id: str, name: str) -> Iterator[Path | None]:
+    """A top-level artifact downloaded into a temporary folder (None when the run lacks it)."""
+    if name not in {item.path for item in client.list_artifacts(run_id)}:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(client.download_artifacts(run_id, name, tmp))
+
+
+def _search(client: MlflowClient, experiment_id: str, query: str, order: str = "desc") -> Iterator:
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], query, max_results=_PAGE, order_by=[f"attributes.start_time {order}"], page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _run_rows(client: MlflowClient, study: str, run) -> list[tuple]:
+    tags = run.data.tags
+    seed = tags.get(names.TAG_SEED)
+    head = (
+        study,
+        tags.get(names.TAG_ARM),
+        int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
+        tags.get(names.TAG_STAGE),
+        run.info.run_id,
+        run.info.status,
+        run.info.start_time,
+    )
+    rows = []
+    for key, value in sorted(run.data.metrics.items()):
+        if key.startswith(HISTORY_PREFIXES):
+            rows += [(*head, key, v, step) for step, v in _history(client, run.info.run_id, key)]
+        else:
+            rows.append((*head, key, value, None))
+    return rows or [(*head, None, np.nan, None)]
+
+
+def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) per step, the latest-logged value where a step was logged twice."""
+    latest = {}
+    for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
+        latest[metric.step] = metric.value
+    return sorted(latest.items())
