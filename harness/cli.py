@@ -101,6 +101,39 @@ def run(
 
 @app.command()
 @_friendly_errors
+def report(
+    studies: Annotated[Optional[list[str]], typer.Argument(help="Study names in the store (default: all)")] = None,
+    latex: Annotated[bool, typer.Option(help="Also write table.tex (booktabs)")] = False,
+    standalone: Annotated[bool, typer.Option(help="Wrap table.tex in a document that compiles with pdflatex")] = False,
+    metric: Annotated[Optional[str], typer.Option(help="Metric of the ablation plot (default: the study's first)")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder; each study writes OUT/<study>/")] = Path("reports"),
+    workdir: Workdir = None,
+    tracking_uri: TrackingUri = None,
+):
+    """Paper-style tables (.tex/.md/.csv) and plots from the tracking store alone."""
+    from harness.report import build_report
+
+    uri = resolve_tracking_uri(tracking_uri, resolve_workdir(workdir))
+    for path in build_report(uri, studies or None, out, latex=latex, standalone=standalone, metric=metric):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@_friendly_errors
+def ui(
+    port: Annotated[int, typer.Option(help="Port to bind on 127.0.0.1")] = 5000,
+    workdir: Workdir = None,
+    tracking_uri: TrackingUri = None,
+):
+    """Browse the runs in the MLflow UI (the project's store, bound to 127.0.0.1)."""
+    from harness.ui import serve_ui
+
+    uri = resolve_tracking_uri(tracking_uri, resolve_workdir(workdir))
+    serve_ui(uri, port=port, on_ready=lambda url: console.print(f"MLflow UI for {uri} at [bold]{url}[/] (Ctrl-C stops it)"))
+
+
+@app.command()
+@_friendly_errors
 def prepare(setting: Setting = None, set_: Sets = [], workdir: Workdir = None):
     """Decode and cache a dataset's images once, as uint8 arrays (memory-mapped shards)."""
     from core.data import prepare as prepare_data

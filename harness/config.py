@@ -169,11 +169,11 @@ def _check_key(key: str, source: str) -> None:
         if part not in model.model_fields:
             where = ".".join(parts[:depth]) or "the top level"
             hint = difflib.get_close_matches(part, list(model.model_fields), n=1)
-            suggestion = f"; did you mean '{'.'.join([*parts[:depth], hint[0]])}'?" if hint else ""
-            raise UserError(
-                f"unknown config key '{key}' (from {source}): no '{part}' in {where}{suggestion}"
-                f" Valid keys there: {', '.join(model.model_fields)}"
-            )
+            message = [f"unknown config key '{key}' (from {source}): no '{part}' in {where}"]
+            if hint:
+                message.append(f"did you mean '{'.'.join([*parts[:depth], hint[0]])}'?")
+            message.append(f"valid keys there: {', '.join(model.model_fields)}")
+            raise UserError("; ".join(message))
         annotation = model.model_fields[part].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -83,6 +84,16 @@ def test_two_arms_two_seeds_share_pretraining_and_rerun_runs_nothing(tmp_path):
     assert again.exit_code == 0, again.output
     assert len(runs_of(uri, "two-by-two")) == len(runs)  # nothing new was tracked
     assert "cached" in again.output
+
+    # the report reads this real store: one row per arm, cells = mean over the seeds' test runs
+    report = invoke("report", "two-by-two", "--latex", "--out", str(tmp_path / "reports"), "--tracking-uri", uri)
+    assert report.exit_code == 0, report.output
+    table = pd.read_csv(tmp_path / "reports" / "two-by-two" / "table.csv")
+    assert list(table["arm"]) == ["depth=0", "depth=1"] and list(table["n"]) == [2, 2]
+    for arm, rsum in zip(table["arm"], table["rsum_mean"]):
+        logged = [r.data.metrics["test/rsum"] for r in finetunes if r.data.tags[names.TAG_ARM] == arm]
+        assert rsum == pytest.approx(sum(logged) / len(logged))
+    assert "depth=1" in (tmp_path / "reports" / "two-by-two" / "table.tex").read_text()
 
 
 @pytest.mark.slow

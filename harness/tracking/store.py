@@ -46,7 +46,7 @@ from harness.tracking import names
 __all__ = ["RunStatus", "Tracker", "init_store", "default_tracking_uri", "provenance"]
 
 RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
-STUDY_STAGE = "study"  # harness.stage of the parent run
+STUDY_STAGE = names.STAGE_STUDY  # harness.stage of the parent run
 RESUMABLE = ("RUNNING", "KILLED")  # left by a killed or interrupted process
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "timm", "transformers", "mlflow")
