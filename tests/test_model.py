@@ -318,7 +318,8 @@ def test_every_parameter_gets_a_gradient_with_the_decoder(small):
 
 
 def test_param_groups_put_backbones_at_lr_mult_and_spare_norms_biases_tokens_from_decay():
-    model = _model(**{"model.image.lr_mult": 0.1, "model.text.lr_mult": 0.2})
+    model = _model(**{"model.image.backbone": "test_vit", "model.image.backbone_args": {},
+                      "model.image.lr_mult": 0.1, "model.text.lr_mult": 0.2})
     optim = OptimConfig(lr=1e-3, weight_decay=0.05)
     groups = model.param_groups(optim)
     group_of = {id(p): g for g in groups for p in g["params"]}

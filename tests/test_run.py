@@ -130,7 +130,7 @@ def test_killed_run_resumes_without_duplicates_and_matches_uninterrupted(tmp_pat
 
 @pytest.mark.slow
 def test_failing_arm_is_isolated_and_recorded(tmp_path):
-    arms = [{"label": "ok", "set": {}}, {"label": "nan", "set": {"finetune.align.margin": float("nan")}}]
+    arms = [{"label": "ok", "set": {}}, {"label": "nan", "set": {"finetune.align.loss": "triplet", "finetune.align.margin": float("nan")}}]
     study = write_study(tmp_path, "failing", arms=arms, base={"pretrain.epochs": 1, "finetune.epochs": 1})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = invoke("run", str(study), "--workdir", str(tmp_path / "work"), "--tracking-uri", uri, "--quiet")
