@@ -123,13 +123,17 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+def resolve_device(name: str, option: str = "runtime.device") -> torch.device:
+    """``auto`` -> the first CUDA device when there is one, else the CPU. ``option`` names the
+    setting in errors."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"{option}={name!r} is not a device (auto, cpu, cuda, cuda:N): {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"runtime.device={name!r} but CUDA is not available")
+        raise UserError(f"{option}={name!r} but CUDA is not available")
     return device
 
 

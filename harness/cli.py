@@ -69,7 +69,7 @@ def run(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes running independent stages")] = 1,
     devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Re-run the (arm, seed) runs that failed before")] = False,
-    quiet: Annotated[bool, typer.Option(help="Log lines instead of progress bars")] = False,
+    quiet: Annotated[bool, typer.Option(help="Log lines instead of progress bars (the default when not on a terminal)")] = False,
 ):
     """Expand a study into runs, share and cache stages, execute, and track them in MLflow."""
     from harness import console as ui
@@ -82,7 +82,8 @@ def run(
         ui.print_plan(plan, tasks, stage_status(plan, workdir))
         return
     device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
-    reporter = ui.LogReporter() if quiet else ui.ProgressReporter()
+    # Bars redraw in place: in a file (SLURM logs, `> run.log`) they would show only at the end.
+    reporter = ui.LogReporter() if quiet or not ui.console.is_terminal else ui.ProgressReporter()
     with reporter:
         result = run_study(
             study,

@@ -118,7 +118,7 @@ class ProgressReporter(Reporter):
 
 
 class LogReporter(Reporter):
-    """``--quiet``: one log line per epoch and per task, no bars."""
+    """``--quiet`` or not a terminal: one log line per epoch and per task, no bars."""
 
     def __enter__(self) -> LogReporter:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -127,6 +127,12 @@ class LogReporter(Reporter):
 
     def __exit__(self, *exc: Any) -> None:
         pass
+
+    def start(self, tasks: list[Task]) -> None:
+        log.info("%d tasks to run or replay", len(tasks))
+
+    def task_started(self, task: Task) -> None:
+        log.info("%s seed %d: started (%s)", task.label, task.seed, _stage_names(task))
 
     def event(self, task: Task, event: Any) -> None:
         if event.kind == "epoch":

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from core.config import OptimConfig
 from core.data import build_splits
-from core.train import BEST, LAST, lr_factor, train_stage
+from core.errors import UserError
+from core.train import BEST, LAST, lr_factor, resolve_device, train_stage
 from harness.config import resolve
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
@@ -82,3 +83,12 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path, s
     first, second, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_device_names_resolve_or_fail_naming_the_option():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match=r"runtime.device='gpu0' is not a device"):
+        resolve_device("gpu0")
+    with pytest.raises(UserError, match=r"densify device='tpu'"):
+        resolve_device("tpu", option="densify device")

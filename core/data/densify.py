@@ -40,6 +40,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from core.config import Section
 from core.errors import UserError
+from core.train import resolve_device
 
 __all__ = ["DensifyConfig", "DensifyStats", "densify"]
 
@@ -247,18 +248,6 @@ def _batch_seed(seed: int, image_ids: list[str]) -> int:
     return int.from_bytes(digest[:8], "little") % 2**63
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"densify device '{name}' is not a device (auto, cpu, cuda, cuda:N): {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"densify device '{name}' but CUDA is not available")
-    return device
-
-
 def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
@@ -270,7 +259,7 @@ class _Captioner:
 
     def __init__(self, folder: Path, cfg: DensifyConfig):
         self.cfg = cfg
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, option="densify device")
         self.dtype = _resolve_dtype(cfg.dtype, self.device)
         try:
             self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
