@@ -41,7 +41,7 @@ def run_benchmarks(names: list[str], out_dir: Path, device: str = "cpu") -> list
         kwargs = {"device": device} if name == "retrieval" else {}
         result = {
             "benchmark": name,
-            "command": f"harness bench {name} --device {device}",
+            "command": f"harness bench {name}" + (f" --device {device}" if kwargs else ""),
             "date": time.strftime("%Y-%m-%d"),
             "machine": _machine(device),
             "result": BENCHMARKS[name](**kwargs),
