@@ -302,8 +302,6 @@ def train_stage(
             if "structure" in losses:
                 terms.update(losses["structure"](image, text, teacher_image.float(), teacher_text.float()))
             loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"{stage}: loss is {loss.item()} at epoch {epoch} step {step} ({terms})")
             # backward, clip, step
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -312,14 +310,17 @@ def train_stage(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), section.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            # log: running means of every term
+            # log: running sums stay on the device; reading them (a host sync) happens only at log
+            # steps and epoch ends, where a non-finite sum fails the stage before anything is saved
             pairs += images.shape[0] * world
             for name, value in {"loss": loss, **terms}.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+                sums[name] = sums.get(name, 0.0) + value.detach()
             if (step + 1) % config.runtime.log_every_steps == 0:
+                _check_finite(sums, stage, epoch, step)
                 emit(Event("step", stage, epoch, step + 1, steps_per_epoch, {"train/loss": float(loss.detach())}))
+        _check_finite(sums, stage, epoch, steps_per_epoch - 1)
         elapsed = time.perf_counter() - started
-        record = {f"train/{name}": total / steps_per_epoch for name, total in sums.items()}
+        record = {f"train/{name}": float(total) / steps_per_epoch for name, total in sums.items()}
         record["lr"] = section.optim.lr * lr_factor(section.optim, epoch, section.epochs)
         record["train/pairs_per_s"] = pairs / max(elapsed, 1e-9)
         if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == section.epochs:
@@ -354,6 +355,12 @@ def train_stage(
         if rank == 0:
             save_checkpoint(out_dir / BEST, _weights(model, losses), {"stage": stage, "epoch": -1, "metrics": best_metrics})
     return StageResult(stage, out_dir, best_epoch, best_metrics, history, checkpoint_seconds)
+
+
+def _check_finite(sums: dict[str, torch.Tensor], stage: Stage, epoch: int, step: int) -> None:
+    if not math.isfinite(float(sums["loss"])):
+        terms = {name: float(total) for name, total in sums.items()}
+        raise NonFiniteLoss(f"{stage}: loss became non-finite in epoch {epoch} by step {step} (summed terms: {terms})")
 
 
 def _weights(model: torch.nn.Module, losses: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from core.config import OptimConfig
 from core.data import build_splits
 from core.errors import UserError
-from core.train import BEST, LAST, lr_factor, resolve_device, train_stage
+from core.train import BEST, LAST, NonFiniteLoss, lr_factor, resolve_device, train_stage
 from harness.config import resolve
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
@@ -83,6 +83,13 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path, s
     first, second, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_a_non_finite_loss_fails_the_stage_before_any_checkpoint_is_written(tmp_path, splits):
+    config = resolve(TINY, {"pretrain.align.loss": "triplet", "pretrain.align.margin": float("nan")})
+    with pytest.raises(NonFiniteLoss, match="pretrain: loss became non-finite in epoch 0"):
+        train_stage(config, "pretrain", tmp_path, splits=splits)
+    assert not (tmp_path / LAST).exists() and not (tmp_path / BEST).exists()
 
 
 def test_device_names_resolve_or_fail_naming_the_option():
