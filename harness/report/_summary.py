@@ -113,10 +113,7 @@ def pick_runs(frame: pd.DataFrame, view: StudyView) -> pd.DataFrame:
     Returns:
         One row per (arm, seed), in arm order then seed: arm, seed, run_id, status.
     """
-    runs = frame[(frame["stage"] != names.STAGE_PRETRAIN) & frame["arm"].notna() & frame["seed"].notna()]
-    runs = runs.drop_duplicates("run_id")[["arm", "seed", "run_id", "status", "start_time"]]
-    runs = runs.assign(finished=runs["status"] == FINISHED).sort_values(["finished", "start_time"], kind="stable")
-    picked = runs.groupby(["arm", "seed"], sort=False).tail(1)
+    picked = _newest(frame[(frame["stage"] != names.STAGE_PRETRAIN) & frame["arm"].notna() & frame["seed"].notna()])
     expected = pd.MultiIndex.from_product([view.arms, view.seeds], names=["arm", "seed"])
     have = pd.MultiIndex.from_frame(picked[["arm", "seed"]].astype({"seed": int}))
     lacking = expected.difference(have).to_frame(index=False).assign(run_id=None, status=MISSING)
@@ -274,11 +271,15 @@ def _run_problems(picked: pd.DataFrame, values: pd.DataFrame, split: str) -> lis
 
 def _pretrain_problems(frame: pd.DataFrame) -> list[Problem]:
     """Pre-trainings whose newest run did not finish (their arms then have no runs either)."""
-    runs = frame[frame["stage"] == names.STAGE_PRETRAIN].drop_duplicates("run_id")
-    runs = runs.assign(finished=runs["status"] == FINISHED).sort_values(["finished", "start_time"], kind="stable")
-    latest = runs.groupby(["arm", "seed"], sort=False).tail(1)
     return [
         Problem(row.arm, int(row.seed), row.status, stage=names.STAGE_PRETRAIN, run_id=row.run_id)
-        for row in latest.itertuples()
+        for row in _newest(frame[frame["stage"] == names.STAGE_PRETRAIN]).itertuples()
         if row.status != FINISHED
     ]
+
+
+def _newest(frame: pd.DataFrame) -> pd.DataFrame:
+    """One run per (arm, seed): the newest FINISHED one, else the newest of any status."""
+    runs = frame.drop_duplicates("run_id")[["arm", "seed", "run_id", "status", "start_time"]]
+    runs = runs.assign(finished=runs["status"] == FINISHED).sort_values(["finished", "start_time"], kind="stable")
+    return runs.groupby(["arm", "seed"], sort=False).tail(1)

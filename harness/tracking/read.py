@@ -32,7 +32,7 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
 from core.errors import UserError
 from harness.tracking import names
-from harness.tracking.store import _sqlite_path
+from harness.tracking.store import sqlite_path
 
 __all__ = ["StoredStudy", "FRAME_COLUMNS", "stored_studies", "runs_frame", "load_ranks", "log_figures"]
 
@@ -154,7 +154,7 @@ def log_figures(uri: str, parent_run_id: str, paths: Iterable[str | os.PathLike]
 
 # ---------------------------------------------------------------------------------- internals
 def _client(uri: str) -> MlflowClient:
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.is_file():
         # MlflowClient would quietly create an empty store there.
         raise UserError(f"no tracking store at {db} (from {uri}); run a study first, or pass --tracking-uri")

@@ -46,7 +46,6 @@ from harness.tracking import names
 __all__ = ["RunStatus", "Tracker", "init_store", "default_tracking_uri", "provenance"]
 
 RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
-STUDY_STAGE = names.STAGE_STUDY  # harness.stage of the parent run
 RESUMABLE = ("RUNNING", "KILLED")  # left by a killed or interrupted process
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "timm", "transformers", "mlflow")
@@ -76,7 +75,7 @@ def init_store(uri: str) -> None:
     Args:
         uri: the tracking URI (any scheme; for a server this checks that it answers).
     """
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
@@ -145,8 +144,8 @@ class Tracker:
             description: shown as the run's description.
         """
         experiment = self._experiment(study, create=True)
-        found = next(self._search(experiment, f"tags.`{names.TAG_STAGE}` = '{STUDY_STAGE}'", order="asc"), None)
-        tags = {names.TAG_STUDY: study, names.TAG_STAGE: STUDY_STAGE, MLFLOW_RUN_NOTE: description}
+        found = next(self._search(experiment, f"tags.`{names.TAG_STAGE}` = '{names.STAGE_STUDY}'", order="asc"), None)
+        tags = {names.TAG_STUDY: study, names.TAG_STAGE: names.STAGE_STUDY, MLFLOW_RUN_NOTE: description}
         if found is None:
             return self._client.create_run(experiment, tags=_tag_values(tags), run_name=study).info.run_id
         run_id = found.info.run_id
@@ -251,7 +250,7 @@ class Tracker:
         orphans = [
             run.info.run_id
             for run in self._search(experiment, "attributes.status = 'RUNNING'")
-            if run.data.tags.get(names.TAG_STAGE) != STUDY_STAGE
+            if run.data.tags.get(names.TAG_STAGE) != names.STAGE_STUDY
         ]
         for run_id in orphans:
             self._client.set_terminated(run_id, status=status)
@@ -414,7 +413,7 @@ class Tracker:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (None for other schemes and in-memory SQLite)."""
     prefix = "sqlite:///"
     if not uri.startswith(prefix) or uri[len(prefix) :] in ("", ":memory:"):
@@ -425,7 +424,7 @@ def _sqlite_path(uri: str) -> Path | None:
 def _artifact_root(uri: str) -> str | None:
     """Artifacts of a SQLite store go beside the database (MLflow's default is ./mlruns under
     whatever folder the process runs in); a server decides for itself (None)."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
 
 
