@@ -102,6 +102,45 @@ def run(
 
 @app.command()
 @_friendly_errors
+def sweep(
+    spec: Annotated[Optional[Path], typer.Argument(help="The sweep spec YAML [default: studies/sweep.yaml]")] = None,
+    optuna: Annotated[bool, typer.Option("--optuna", help="Search with Optuna (the search backend; required)")] = False,
+    set_: Sets = [],
+    storage: Annotated[Optional[str], typer.Option(help="Optuna RDB storage URL (postgresql://..., mysql://...) [default: a journal file in WORKDIR/sweeps/NAME/]")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes, each running trials")] = 1,
+    retry_failed: Annotated[bool, typer.Option(help="Re-queue the failed trials with the same values")] = False,
+    export_best: Annotated[Optional[Path], typer.Option(help="Write a study file re-running the best config with the spec's seeds")] = None,
+    workdir: Workdir = None,
+    tracking_uri: TrackingUri = None,
+    quiet: Annotated[bool, typer.Option(help="Log lines instead of a progress bar (the default when not on a terminal)")] = False,
+):
+    """Optuna search over config keys: each trial a harness run (shared, cached stages; pruning),
+    resumable, with several workers, tracked in MLflow."""
+    if not optuna:
+        raise UserError("harness sweep needs a search backend: add --optuna (the one there is)")
+    from harness.sweep import DEFAULT_SPEC, run_sweep
+    from harness.sweep._console import SweepLog, SweepProgress, console as out, print_sweep_summary
+
+    workdir = resolve_workdir(workdir)
+    reporter = SweepLog() if quiet or not out.is_terminal else SweepProgress()
+    result = run_sweep(
+        spec or DEFAULT_SPEC,
+        workdir=workdir,
+        tracking_uri=resolve_tracking_uri(tracking_uri, workdir),
+        storage=storage,
+        workers=workers,
+        retry_failed=retry_failed,
+        overrides=tuple(set_),
+        export_path=export_best,
+        reporter=reporter,
+    )
+    print_sweep_summary(result)
+    if result.best is None:
+        raise UserError(f"sweep '{result.spec.name}': no trial completed")
+
+
+@app.command()
+@_friendly_errors
 def report(
     studies: Annotated[Optional[list[str]], typer.Argument(help="Study names in the store (default: all)")] = None,
     latex: Annotated[bool, typer.Option(help="Also write table.tex (booktabs)")] = False,

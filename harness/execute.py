@@ -8,18 +8,23 @@ marked FAILED with its traceback and the others go on; tasks that depend on it f
 
 Tasks run in this process by default, or in worker processes (``workers`` > 1, one per device
 with ``devices``); the scheduler in this process hands out tasks whose parent stage is done.
+Processes that share a workdir without sharing a scheduler (``harness sweep`` workers, two studies
+at once) take a task's lock and each stage's lock first: a second process waits, then finds the
+work cached instead of training it again into the same folder.
+
+A callback may stop a task on purpose by raising :class:`TaskStopped` (a pruned sweep trial): the
+stage keeps its epoch checkpoint but is not marked done, and its run is closed KILLED, not FAILED.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import hashlib
 import json
 import multiprocessing as mp
-import os
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +32,23 @@ from typing import Any, Literal
 
 
 from core.errors import UserError
+from harness._locks import flock
 from harness.config import config_to_yaml, flatten
 from harness.plan import DONE, Plan, RunRecord, StageRecord, make_plan, mark_done, stage_dir
 from harness.study import Study, load_study
 from harness.tracking import Tracker, init_store, names, provenance
 
-__all__ = ["Task", "TaskOutcome", "StudyResult", "Reporter", "run_study", "plan_study", "study_lock"]
+__all__ = [
+    "Task", "TaskOutcome", "TaskContext", "TaskStopped", "StudyResult", "Reporter",
+    "run_study", "plan_study", "plan_tasks", "execute_task", "study_lock", "SHARED_LABEL",
+]
 
 SHARED_LABEL = "shared"  # arm label of a pre-training that several arms share
-Status = Literal["FINISHED", "FAILED", "SKIPPED"]
+Status = Literal["FINISHED", "FAILED", "SKIPPED", "STOPPED"]  # STOPPED: a callback raised TaskStopped
+
+
+class TaskStopped(Exception):
+    """Raised from an event callback to end a task early on purpose (a pruned trial): not a failure."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,7 @@ class TaskOutcome:
     seconds: float = 0.0
     cached: bool = False
     error: str | None = None
+    traceback: str | None = None  # of a FAILED task
 
 
 @dataclass
@@ -88,10 +102,11 @@ def plan_study(path: Path, overrides: tuple[str, ...] = ()) -> tuple[Study, Plan
     """Load, validate and plan a study, and group its stages into tasks (no side effects)."""
     study = load_study(path)
     plan = make_plan(study, overrides)
-    return study, plan, _tasks(plan)
+    return study, plan, plan_tasks(plan)
 
 
-def _tasks(plan: Plan) -> list[Task]:
+def plan_tasks(plan: Plan) -> list[Task]:
+    """A plan's stages grouped into tasks: each pre-training, then each run's own stages."""
     tasks: dict[str, Task] = {}
     for stage in plan.stages.values():
         if stage.kind == "pretrain":
@@ -111,29 +126,23 @@ def _tasks(plan: Plan) -> list[Task]:
 @contextlib.contextmanager
 def study_lock(workdir: Path, study_name: str) -> Iterator[None]:
     """Refuse a second concurrent ``harness run`` of one study (the lock dies with its process)."""
-    lock_dir = Path(workdir) / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / f"{study_name}.lock"
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise UserError(
-            f"study '{study_name}' is already being run by another harness process (pid {holder});"
-            f" wait for it to finish, or remove {path} if that process is gone"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    try:
+    path = Path(workdir) / "locks" / f"{study_name}.lock"
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(flock(path, blocking=False))
+        except BlockingIOError:
+            holder = path.read_text().strip() or "unknown"
+            raise UserError(
+                f"study '{study_name}' is already being run by another harness process (pid {holder});"
+                f" wait for it to finish, or remove {path} if that process is gone"
+            ) from None
         yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+
+
+def _work_lock(workdir: Path, kind: str, key: str) -> contextlib.AbstractContextManager[None]:
+    """Wait for any other process working on the same task or stage of this workdir."""
+    name = hashlib.sha256(key.encode()).hexdigest()[:16]  # task keys hold arm labels: any characters
+    return flock(Path(workdir) / "locks" / kind / f"{name}.lock")
 
 
 # ------------------------------------------------------------------------------------ running
@@ -171,7 +180,7 @@ def run_study(
         parent = tracker.study_run(study.name, study.description)
         tracker.reap_unfinished(study.name)  # we hold the lock: RUNNING runs belong to dead processes
         _log_study(tracker, parent, study, path, plan)
-        context = _Context(str(workdir), tracking_uri, study.name, parent, retry_failed, prov)
+        context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov)
         reporter.start(tasks)
         slots = list(devices) or [None] * max(1, workers)
         if len(slots) == 1:
@@ -183,7 +192,7 @@ def run_study(
 
 
 @dataclass(frozen=True)
-class _Context:
+class TaskContext:
     """What a task needs besides itself; plain data so it crosses process boundaries."""
 
     workdir: str
@@ -200,7 +209,7 @@ def _log_study(tracker: Tracker, parent: str, study: Study, path: Path, plan: Pl
     tracker.log_artifact_text(parent, names.ARTIFACT_STUDY, Path(path).read_text())
 
 
-def _run_sequential(tasks: list[Task], ctx: _Context, device: str | None, reporter: Reporter) -> list[TaskOutcome]:
+def _run_sequential(tasks: list[Task], ctx: TaskContext, device: str | None, reporter: Reporter) -> list[TaskOutcome]:
     outcomes: dict[str, TaskOutcome] = {}
     for task in tasks:
         blocked = _blocked_by(task, outcomes)
@@ -213,7 +222,7 @@ def _run_sequential(tasks: list[Task], ctx: _Context, device: str | None, report
     return [outcomes[t.key] for t in tasks]
 
 
-def _run_parallel(tasks: list[Task], ctx: _Context, slots: list[str | None], reporter: Reporter) -> list[TaskOutcome]:
+def _run_parallel(tasks: list[Task], ctx: TaskContext, slots: list[str | None], reporter: Reporter) -> list[TaskOutcome]:
     """A scheduler in this process; workers are spawned processes, one per slot."""
     spawn = mp.get_context("spawn")
     events = spawn.Manager().Queue()
@@ -247,7 +256,7 @@ def _run_parallel(tasks: list[Task], ctx: _Context, slots: list[str | None], rep
     return [outcomes[t.key] for t in tasks]
 
 
-def _worker(task: Task, ctx: _Context, device: str | None, events: Any) -> TaskOutcome:
+def _worker(task: Task, ctx: TaskContext, device: str | None, events: Any) -> TaskOutcome:
     return execute_task(task, ctx, device, lambda event: events.put((task.key, event)))
 
 
@@ -259,8 +268,30 @@ def _blocked_by(task: Task, outcomes: dict[str, TaskOutcome]) -> TaskOutcome | N
 
 
 # ------------------------------------------------------------------------------ one task
-def execute_task(task: Task, ctx: _Context, device: str | None, on_event: Callable[[Any], None]) -> TaskOutcome:
-    """Run (or replay from cache) one task inside its own tracking run; never raises."""
+def execute_task(
+    task: Task,
+    ctx: TaskContext,
+    device: str | None,
+    on_event: Callable[[Any], None],
+    tags: Mapping[str, Any] | None = None,
+) -> TaskOutcome:
+    """Run (or replay from cache) one task inside its own tracking run; never raises.
+
+    Args:
+        task: the task.
+        ctx: the study's context.
+        device: the worker's device (None: the config's).
+        on_event: receives the trainer's events; raising :class:`TaskStopped` from it ends the task
+            with status STOPPED (its run KILLED, its stage resumable, not done).
+        tags: extra tags for a newly opened run (a sweep's trial number).
+    """
+    with _work_lock(Path(ctx.workdir), "tasks", task.key):
+        return _execute_task(task, ctx, device, on_event, tags)
+
+
+def _execute_task(
+    task: Task, ctx: TaskContext, device: str | None, on_event: Callable[[Any], None], tags: Mapping[str, Any] | None
+) -> TaskOutcome:
     tracker = Tracker(ctx.tracking_uri, provenance=ctx.provenance)
     workdir = Path(ctx.workdir)
     last = task.stages[-1]
@@ -277,15 +308,20 @@ def execute_task(task: Task, ctx: _Context, device: str | None, on_event: Callab
         pretrain_run = tracker.find_run(ctx.study, None, task.seed, "pretrain", task.depends_on, status="FINISHED")
     run_id = tracker.start_run(
         ctx.study, task.label, task.seed, stage_tag, last.hash, ctx.parent_run_id, flatten(last.config),
-        {"harness.device": device} if device else None, pretrain_run_id=pretrain_run,
+        {**({"harness.device": device} if device else {}), **(tags or {})}, pretrain_run_id=pretrain_run,
     )
     tracker.log_artifact_text(run_id, names.ARTIFACT_CONFIG, config_to_yaml(last.config))
     try:
         metrics, cached = _run_stages(task, workdir, device, tracker, run_id, on_event)
+    except TaskStopped as stop:  # on purpose: the stage stays resumable, the run is not a failure
+        tracker.end_run(run_id, "KILLED")
+        return TaskOutcome(task, "STOPPED", run_id, seconds=time.perf_counter() - started, error=str(stop))
     except Exception as exc:  # failure isolation: record it, let the other tasks go on
-        tracker.log_artifact_text(run_id, names.ARTIFACT_TRACEBACK, traceback.format_exc())
+        trace = traceback.format_exc()
+        tracker.log_artifact_text(run_id, names.ARTIFACT_TRACEBACK, trace)
         tracker.end_run(run_id, "FAILED")
-        return TaskOutcome(task, "FAILED", run_id, seconds=time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        return TaskOutcome(task, "FAILED", run_id, seconds=time.perf_counter() - started, error=error, traceback=trace)
     tracker.end_run(run_id, "FINISHED")
     return TaskOutcome(task, "FINISHED", run_id, metrics, time.perf_counter() - started, cached)
 
@@ -305,14 +341,15 @@ def _run_stages(
     for stage in task.stages:
         out = stage_dir(workdir, stage.hash)
         parent_out = stage_dir(workdir, stage.parent) if stage.parent else None
-        cached = (out / DONE).is_file()
+        with _work_lock(workdir, "stages", stage.hash):  # another task may share this stage
+            cached = (out / DONE).is_file()
+            if cached:
+                record = json.loads((out / "record.json").read_text())
+            else:
+                record = run_stage(stage, out, parent_out, workdir, device, live)
+                (out / "record.json").write_text(json.dumps(record))
+                mark_done(workdir, stage.hash)
         all_cached &= cached
-        if cached:
-            record = json.loads((out / "record.json").read_text())
-        else:
-            record = run_stage(stage, out, parent_out, workdir, device, live)
-            (out / "record.json").write_text(json.dumps(record))
-            mark_done(workdir, stage.hash)
         # Replay what the run lacks: a cached stage, or epochs a killed attempt never logged.
         logged = tracker.logged_steps(run_id, names.TRAIN_LOSS)
         for epoch, values in enumerate(record.get("history", [])):

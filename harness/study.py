@@ -38,7 +38,7 @@ from core.errors import UserError
 from harness.config import DEFAULT_SETTING, flatten, load_yaml, parse_set, resolve, setting_path
 from harness.tracking.names import METRICS
 
-__all__ = ["Arm", "ArmSpec", "ReportSpec", "Study", "load_study", "expand_arms", "arm_config"]
+__all__ = ["Arm", "ArmSpec", "ReportSpec", "Study", "load_study", "expand_arms", "arm_config", "explain_errors"]
 
 Metric = Literal[METRICS]
 SEED_KEY = "runtime.seed"  # set by the study's `seeds`, never by base, arms or --set
@@ -202,7 +202,7 @@ def load_study(path: str | os.PathLike) -> Study:
     try:
         study = Study.model_validate(raw)
     except ValidationError as err:
-        raise UserError(_explain(err, path)) from None
+        raise UserError(explain_errors(err, path)) from None
     study._path = path
     return study
 
@@ -296,14 +296,23 @@ def _check_label(where: str, label: str, labels: list[str]) -> None:
         )
 
 
-def _explain(err: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid study:"]
+def explain_errors(err: ValidationError, path: Path, schema: type[BaseModel] = Study, kind: str = "study") -> str:
+    """A validation error of a YAML file as one line per problem: the key path, what is wrong,
+    the bad value, and for an unknown key the closest valid one and the keys valid there.
+
+    Args:
+        err: pydantic's error.
+        path: the file (named in the first line).
+        schema: the file's top-level model.
+        kind: what the file is (``study``, ``sweep spec``).
+    """
+    lines = [f"{path}: invalid {kind}:"]
     for problem in err.errors():
         loc = [part for part in problem["loc"] if part != "[key]"]
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
-            valid = _valid_keys(loc)
+            valid = _valid_keys(loc, schema)
             hint = difflib.get_close_matches(str(loc[-1]), valid, n=1)
             message = (
                 "unknown key"
@@ -316,12 +325,12 @@ def _explain(err: ValidationError, path: Path) -> str:
     return "\n".join(lines)
 
 
-def _valid_keys(loc: list[str | int]) -> list[str]:
-    """The field names of the study section that holds the last key of ``loc``."""
-    model: type[BaseModel] = Study
+def _valid_keys(loc: list[str | int], schema: type[BaseModel]) -> list[str]:
+    """The field names of the section that holds the last key of ``loc``."""
+    model = schema
     for part in loc[:-1]:
-        if isinstance(part, int):
-            continue  # an index into a list of sections
+        if isinstance(part, int) or part not in model.model_fields:
+            continue  # an index into a list of sections, or a key of a mapping of sections
         annotation = model.model_fields[part].annotation
         model = next(a for a in (annotation, *getattr(annotation, "__args__", ())) if _is_model(a))
     return list(model.model_fields)

@@ -1,5 +1,5 @@
-"""``harness report``: read the store, build each study's report, write the files, log the
-figures on the study's parent run. The only part of the report with effects."""
+"""``harness report``: read the store, build each study's (or sweep's) report, write the files,
+log the figures on the parent run. The only part of the report with effects."""
 
 from __future__ import annotations
 
@@ -14,11 +14,16 @@ from harness.report._latex import to_latex
 from harness.report._plots import plot_ablation, plot_training_curves
 from harness.report._study import study_view
 from harness.report._summary import FINISHED, StudyReport, pick_runs, study_report
+from harness.report._sweep import SweepReport, sweep_report
+from harness.report._sweep_plots import SWEEP_FIGURES
+from harness.report._sweep_tables import sweep_to_csv, sweep_to_latex, sweep_to_markdown
 from harness.report._text import to_csv, to_markdown
 from harness.tracking import names
-from harness.tracking.read import load_ranks, log_figures, runs_frame, stored_studies
+from harness.tracking.read import (
+    load_ranks, log_figures, parent_kinds, runs_frame, stored_studies, stored_sweep, trials_frame,
+)
 
-__all__ = ["build_report", "load_reports"]
+__all__ = ["build_report", "load_reports", "load_sweep_report"]
 
 N_RESAMPLES = 1000  # bootstrap resamples per interval
 BOOTSTRAP_SEED = 0  # the same store gives the same intervals
@@ -72,7 +77,8 @@ def build_report(
     log_to_store: bool = True,
 ) -> list[Path]:
     """Write each study's tables and figures to ``out_dir/<study>/`` and log the figures on
-    the study's parent run (artifact folder ``figures``).
+    the study's parent run (artifact folder ``figures``). A name that is a sweep gets the sweep's
+    report instead (:func:`write_sweep_report`).
 
     Files: ``table.md``, ``table.csv``, ``table.tex`` (with ``latex`` or ``standalone``),
     ``ablation.png/.pdf`` (unless the study's ``report.plot`` is ``none``) and
@@ -94,6 +100,77 @@ def build_report(
     Raises:
         UserError: as :func:`load_reports`.
     """
+    kinds = parent_kinds(tracking_uri)
+    asked = list(dict.fromkeys(studies)) if studies else sorted(kinds)
+    sweeps = [name for name in asked if kinds.get(name) == names.STAGE_SWEEP]
+    plain = [name for name in asked if name not in sweeps]
+    written = []
+    if plain or not sweeps:  # nothing at all in the store: load_reports says so
+        written += _write_studies(tracking_uri, plain or None, out_dir, latex, standalone, metric, log_to_store)
+    for name in sweeps:
+        written += write_sweep_report(tracking_uri, name, out_dir, latex, standalone, log_to_store)
+    return written
+
+
+def load_sweep_report(tracking_uri: str, name: str) -> SweepReport:
+    """A sweep's report, from the tracking store alone.
+
+    Args:
+        tracking_uri: the MLflow tracking URI.
+        name: the sweep's name.
+
+    Raises:
+        UserError: no store, or no such sweep there.
+    """
+    stored = stored_sweep(tracking_uri, name)
+    trials, history = trials_frame(tracking_uri, stored)
+    return sweep_report(stored, trials, history)
+
+
+def write_sweep_report(
+    tracking_uri: str,
+    name: str,
+    out_dir: str | os.PathLike = "reports",
+    latex: bool = False,
+    standalone: bool = False,
+    log_to_store: bool = True,
+) -> list[Path]:
+    """Write a sweep's top-k table and figures to ``out_dir/<sweep>/`` and log the figures on
+    its parent run.
+
+    Files: ``table.md``, ``table.csv``, ``table.tex`` (with ``latex`` or ``standalone``) and
+    ``history``, ``importances``, ``parallel``, ``slice`` as ``.png``/``.pdf``, each when there is
+    data to show.
+
+    Args:
+        tracking_uri: the MLflow tracking URI.
+        name: the sweep's name.
+        out_dir: the folder holding one subfolder per sweep.
+        latex: write ``table.tex``.
+        standalone: make ``table.tex`` compile alone with pdflatex (implies ``latex``).
+        log_to_store: log the figures on the parent run.
+
+    Returns:
+        The files written.
+    """
+    report = load_sweep_report(tracking_uri, name)
+    folder = Path(out_dir) / report.name
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {"table.md": sweep_to_markdown(report), "table.csv": sweep_to_csv(report)}
+    if latex or standalone:
+        tables["table.tex"] = sweep_to_latex(report, standalone=standalone)
+    written = []
+    for file, text in tables.items():
+        (folder / file).write_text(text, encoding="utf-8")
+        written.append(folder / file)
+    figures = {stem: draw(report) for stem, draw in SWEEP_FIGURES.items()}
+    images = [path for stem, fig in figures.items() if fig is not None for path in _save(fig, folder / stem)]
+    if log_to_store and images:
+        log_figures(tracking_uri, report.parent_run_id, images)
+    return written + images
+
+
+def _write_studies(tracking_uri, studies, out_dir, latex, standalone, metric, log_to_store) -> list[Path]:
     written = []
     for report in load_reports(tracking_uri, studies, metric):
         folder = Path(out_dir) / report.view.name

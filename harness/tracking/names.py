@@ -6,6 +6,9 @@ __all__ = [
     "test_metric", "TRAIN_LOSS", "LR", "PAIRS_PER_S",
     "ARTIFACT_CONFIG", "ARTIFACT_RANKS", "ARTIFACT_TRACEBACK", "ARTIFACT_GIT_DIFF",
     "STAGE_STUDY", "STAGE_PRETRAIN", "TAG_ARM_ORDER", "TAG_BASELINE", "ARTIFACT_STUDY", "ARTIFACT_FIGURES",
+    "STAGE_SWEEP", "TAG_TRIAL", "TAG_TRIAL_STATE", "TAG_TRIAL_PARAMS", "TAG_TRIAL_VALUE", "TAG_REQUEUE_OF",
+    "TRIAL_STATES", "TAG_OBJECTIVE", "TAG_DIRECTION", "TAG_SAMPLER", "TAG_PRUNER", "TAG_STORAGE",
+    "TAG_BEST_PARAMS", "TAG_BEST_TRIAL", "BEST_VALUE", "ARTIFACT_SWEEP", "trial_label",
 ]
 
 TAG_STUDY = "harness.study"
@@ -53,3 +56,29 @@ ARTIFACT_TRACEBACK = "traceback.txt"
 ARTIFACT_GIT_DIFF = "git.diff"
 ARTIFACT_STUDY = "study.yaml"  # the study file, on the parent run
 ARTIFACT_FIGURES = "figures"  # folder of the report's plots, on the parent run
+
+# Sweeps (`harness sweep --optuna`): experiment = sweep name; the parent run is tagged
+# harness.stage=sweep; each trial is a harness run (arm = trial_label, its own stage tags) nested
+# under it, plus the sweep's shared pre-training runs.
+STAGE_SWEEP = "sweep"  # harness.stage of a sweep's parent run
+TAG_TRIAL = "harness.trial"  # the Optuna trial number (the latest, for a trial re-queued after its worker died)
+TAG_TRIAL_STATE = "harness.trial_state"  # one of TRIAL_STATES
+TRIAL_STATES = ("running", "complete", "pruned", "failed")
+TAG_TRIAL_PARAMS = "harness.trial_params"  # JSON {dotted.key: value}: the sampled values, typed
+TAG_TRIAL_VALUE = "harness.trial_value"  # the objective Optuna was told (a complete trial)
+TAG_REQUEUE_OF = "harness.requeue_of"  # the trial number this trial re-runs (dead worker, --retry-failed)
+# On the sweep's parent run:
+TAG_OBJECTIVE = "harness.objective"  # val/<metric>
+TAG_DIRECTION = "harness.direction"  # maximize | minimize
+TAG_SAMPLER = "harness.sampler"  # JSON: the sampler's name, class, every constructor setting, optuna version
+TAG_PRUNER = "harness.pruner"  # JSON: the same for the pruner
+TAG_STORAGE = "harness.storage"  # the Optuna storage (password removed)
+TAG_BEST_PARAMS = "harness.best_params"  # JSON {dotted.key: value}
+TAG_BEST_TRIAL = "harness.best_trial"
+BEST_VALUE = "best/value"  # metric, step = number of finished trials
+ARTIFACT_SWEEP = "sweep.yaml"  # the sweep spec, on the parent run
+
+
+def trial_label(number: int) -> str:
+    """The arm label of a trial's runs: ``trial 7``."""
+    return f"trial {number}"

@@ -34,7 +34,10 @@ from core.errors import UserError
 from harness.tracking import names
 from harness.tracking.store import sqlite_path
 
-__all__ = ["StoredStudy", "FRAME_COLUMNS", "stored_studies", "runs_frame", "load_ranks", "log_figures"]
+__all__ = [
+    "StoredStudy", "FRAME_COLUMNS", "stored_studies", "runs_frame", "load_ranks", "log_figures",
+    "StoredSweep", "TRIAL_COLUMNS", "HISTORY_COLUMNS", "parent_kinds", "stored_sweep", "trials_frame",
+]
 
 # Columns of runs_frame, in order. start_time: epoch milliseconds (newest run wins a tie).
 FRAME_COLUMNS = ("study", "arm", "seed", "stage", "run_id", "status", "start_time", "metric", "value", "step")
@@ -42,6 +45,11 @@ HISTORY_PREFIXES = ("val/",)  # per-epoch metrics read with their whole history 
 _PAGE = 1000  # runs per search_runs request
 _STUDY_FILTER = f"tags.`{names.TAG_STAGE}` = '{names.STAGE_STUDY}'"  # the parent run
 _STAGE_RUNS = f"tags.`{names.TAG_STAGE}` != '{names.STAGE_STUDY}'"  # every other run
+_PARENT_STAGES = (names.STAGE_STUDY, names.STAGE_SWEEP)
+# A sweep's trials: one row per trial run; `params` a dict of the sampled values, `value` the
+# objective Optuna was told (missing unless complete), `epochs` the objective's epochs logged.
+TRIAL_COLUMNS = ("sweep", "trial", "state", "run_id", "status", "params", "value", "epochs", "test_rsum", "requeue_of")
+HISTORY_COLUMNS = ("sweep", "trial", "state", "epoch", "value")  # the objective per epoch
 
 
 @dataclass(frozen=True)
@@ -164,13 +172,20 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def _parents(client: MlflowClient, uri: str, studies: Sequence[str] | None) -> list[tuple[str, object]]:
-    """(study name, parent run) of each study asked for, checked against the store."""
+def _all_parents(client: MlflowClient, stage: str) -> dict[str, object]:
+    """{experiment name: its oldest parent run of ``stage``} over the store."""
     found = {}
+    query = f"tags.`{names.TAG_STAGE}` = '{stage}'"
     for experiment in client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
-        parent = next(_search(client, experiment.experiment_id, _STUDY_FILTER, order="asc"), None)
+        parent = next(_search(client, experiment.experiment_id, query, order="asc"), None)
         if parent is not None:
             found[experiment.name] = parent
+    return found
+
+
+def _parents(client: MlflowClient, uri: str, studies: Sequence[str] | None) -> list[tuple[str, object]]:
+    """(study name, parent run) of each study asked for, checked against the store."""
+    found = _all_parents(client, names.STAGE_STUDY)
     if not found:
         raise UserError(f"no studies in the tracking store {uri}; run one first (harness run STUDY.yaml)")
     if studies is None:
@@ -252,3 +267,94 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, flo
     for metric in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp):
         latest[metric.step] = metric.value
     return sorted(latest.items())
+
+
+# ------------------------------------------------------------------------------------- sweeps
+@dataclass(frozen=True)
+class StoredSweep:
+    """A sweep as the store holds it.
+
+    Attributes:
+        name: the sweep (= experiment) name.
+        parent_run_id: the sweep's parent run.
+        objective: the objective metric (``val/<metric>``).
+        direction: ``maximize`` or ``minimize``.
+        spec_yaml: the spec's text (artifact ``sweep.yaml``), or None when absent.
+    """
+
+    name: str
+    parent_run_id: str
+    objective: str
+    direction: str
+    spec_yaml: str | None
+
+
+def parent_kinds(uri: str) -> dict[str, str]:
+    """``{name: "study" | "sweep"}`` for every study and sweep in the store.
+
+    Args:
+        uri: the tracking URI.
+
+    Raises:
+        UserError: there is no store at a SQLite URI.
+    """
+    client = _client(uri)
+    return {name: stage for stage in _PARENT_STAGES for name in _all_parents(client, stage)}
+
+
+def stored_sweep(uri: str, name: str) -> StoredSweep:
+    """One sweep's parent-run record.
+
+    Args:
+        uri: the tracking URI.
+        name: the sweep's name.
+
+    Raises:
+        UserError: no such sweep (the message lists those there).
+    """
+    client = _client(uri)
+    found = _all_parents(client, names.STAGE_SWEEP)
+    if name not in found:
+        hint = difflib.get_close_matches(name, list(found), n=1)
+        raise UserError(
+            f"no sweep '{name}' in the tracking store {uri}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            + f"; sweeps there: {', '.join(sorted(found)) or 'none'}"
+        )
+    parent = found[name]
+    tags = parent.data.tags
+    return StoredSweep(
+        name=name,
+        parent_run_id=parent.info.run_id,
+        objective=tags.get(names.TAG_OBJECTIVE, "val/rsum"),
+        direction=tags.get(names.TAG_DIRECTION, "maximize"),
+        spec_yaml=_artifact_text(client, parent.info.run_id, names.ARTIFACT_SWEEP),
+    )
+
+
+def trials_frame(uri: str, sweep: StoredSweep) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A sweep's trial runs: one row each (``TRIAL_COLUMNS``), and the objective's per-epoch
+    history (``HISTORY_COLUMNS``). A trial re-run after its worker died is one run (the latest
+    trial number); its shared pre-training runs are not trials.
+
+    Args:
+        uri: the tracking URI.
+        sweep: the sweep's record (:func:`stored_sweep`).
+    """
+    client = _client(uri)
+    experiment = client.get_run(sweep.parent_run_id).info.experiment_id
+    query = f"tags.`{names.TAG_TRIAL}` != ''"
+    trials, history = [], []
+    for run in _search(client, experiment, query, order="asc"):
+        tags = run.data.tags
+        number = int(tags[names.TAG_TRIAL])
+        state = tags.get(names.TAG_TRIAL_STATE, "running")
+        value = float(tags[names.TAG_TRIAL_VALUE]) if names.TAG_TRIAL_VALUE in tags else np.nan
+        steps = _history(client, run.info.run_id, sweep.objective) if sweep.objective in run.data.metrics else []
+        history += [(sweep.name, number, state, step, v) for step, v in steps]
+        test = run.data.metrics.get(names.test_metric("rsum"), np.nan)
+        params = json.loads(tags.get(names.TAG_TRIAL_PARAMS, "{}"))
+        requeue_of = int(tags[names.TAG_REQUEUE_OF]) if names.TAG_REQUEUE_OF in tags else None
+        trials.append((sweep.name, number, state, run.info.run_id, run.info.status, params, value, len(steps), test, requeue_of))
+    frame = pd.DataFrame(trials, columns=list(TRIAL_COLUMNS)).sort_values("trial", kind="stable", ignore_index=True)
+    frame["requeue_of"] = frame["requeue_of"].astype("Int64")
+    return frame, pd.DataFrame(history, columns=list(HISTORY_COLUMNS))

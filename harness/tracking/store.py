@@ -135,17 +135,18 @@ class Tracker:
         self._experiments: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------- runs
-    def study_run(self, study: str, description: str = "") -> str:
+    def study_run(self, study: str, description: str = "", stage: str = names.STAGE_STUDY) -> str:
         """The study's parent run, created on the first run of the study and reused (set
         RUNNING again) on every re-run.
 
         Args:
             study: the study name (the experiment, created if missing).
             description: shown as the run's description.
+            stage: the parent's ``harness.stage``: ``study``, or ``sweep`` for a sweep's parent.
         """
         experiment = self._experiment(study, create=True)
-        found = next(self._search(experiment, f"tags.`{names.TAG_STAGE}` = '{names.STAGE_STUDY}'", order="asc"), None)
-        tags = {names.TAG_STUDY: study, names.TAG_STAGE: names.STAGE_STUDY, MLFLOW_RUN_NOTE: description}
+        found = next(self._search(experiment, f"tags.`{names.TAG_STAGE}` = {_quote(stage)}", order="asc"), None)
+        tags = {names.TAG_STUDY: study, names.TAG_STAGE: stage, MLFLOW_RUN_NOTE: description}
         if found is None:
             return self._client.create_run(experiment, tags=_tag_values(tags), run_name=study).info.run_id
         run_id = found.info.run_id
