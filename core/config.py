@@ -90,9 +90,14 @@ class DataConfig(Section):
     synthscenes: SynthScenesConfig = SynthScenesConfig()
     image_size: int = Field(224, ge=16)  # network input side, train and eval
     cache_margin: float = Field(1.15, ge=1.0)  # cached images keep this much extra side for crops
-    crop_scale: tuple[float, float] = (0.6, 1.0)  # random resized crop area range (train)
+    # train crop: a share of each SIDE of the whole image, drawn uniformly from this range, at a
+    # random place (the released code: 0.6-1.0); evaluation always sees the whole image
+    crop_scale: tuple[float, float] = (0.6, 1.0)
     hflip: bool = True  # random horizontal flip (train); left/right words are swapped with it
     text_augment: TextAugmentConfig = TextAugmentConfig()
+    # real data: evaluation splits (val, test) keep the first k sentences of each image, the VSE
+    # protocol (Karpathy's COCO test has 25,010 sentences, the protocol 25,000); None keeps all
+    captions_per_image: int | None = Field(5, ge=1)
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
@@ -111,7 +116,13 @@ class ImageEncoderConfig(Section):
     pretrained: str | None = None  # local weights file or folder; None = random init
     backbone_args: dict[str, Any] = {}  # extra timm.create_model kwargs (tiny test models)
     pool: Pooling = "gpo"
-    drop_patches: float = Field(0.0, ge=0.0, lt=1.0)  # train-time token dropping ("size augment")
+    # the class/register tokens join the patch tokens in gpo/mean pooling (the released ViT path)
+    pool_prefix_tokens: bool = False
+    # train-time token dropping ("size augmentation"): with probability drop_patches_prob an image
+    # drops each token with rate drop_patches * u, u ~ U(1 - drop_patches_prob, 1) (the released
+    # ViT encoder: 0.2 and 0.8)
+    drop_patches: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_patches_prob: float = Field(1.0, ge=0.0, le=1.0)
     lr_mult: float = 0.1  # backbone learning rate multiplier
 
 
@@ -119,7 +130,10 @@ class TextEncoderConfig(Section):
     backbone: str = "bert-base-uncased"  # Hugging Face name, local path, or a bundled alias
     pretrained: bool = True  # False: random init from the backbone's config (+ config_overrides)
     config_overrides: dict[str, Any] = {}  # applied to the HF config (tiny random encoders)
-    max_length: int = Field(128, ge=8)  # tokens, dense captions included
+    max_length: int = Field(128, ge=8)  # tokens of a sparse caption
+    # tokens of a dense caption (pre-training, the dense teacher): LLaVA captions of Flickr30K
+    # reach 180 BERT tokens
+    dense_max_length: int = Field(256, ge=8)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)  # on backbone token features (released text path)
     pool: Pooling = "gpo"
     lr_mult: float = 0.1  # backbone learning rate multiplier
@@ -137,7 +151,8 @@ class DecoderConfig(Section):
     # placement has no effect (False reproduces the released decoder)
     positions: bool = True
     mask_padding: bool = True  # False reproduces the released code (batch-dependent embeddings)
-    # False reproduces the released training path (decoder output added un-normalised)
+    # True: normalize(normalize(t_s) + normalize(t_hat)); False: the released training path,
+    # normalize(LayerNorm output + t_hat), both un-normalised
     normalize_residual: bool = True
 
 
@@ -154,6 +169,8 @@ class AlignConfig(Section):
     weight: float = 1.0
     margin: float = 0.2  # triplet
     hardest_after_epoch: int = Field(1, ge=0)  # triplet: all negatives before this epoch
+    # the loss's weight ramps linearly from 0 over this many epochs (the released trainer: 1)
+    ramp_epochs: float = Field(0.0, ge=0)
     temperature: float = Field(0.05, gt=0)  # infonce: initial value (learnable)
     min_temperature: float = Field(0.01, gt=0)  # infonce: floor, keeps logits bounded
 
@@ -176,8 +193,9 @@ class DistillConfig(Section):
 class StructureConfig(Section):
     """Structure-aware relational distillation (RVLR, TIP 2024), usable in either stage.
 
-    Teachers are frozen copies of the model's own encoders as they were when the stage started
-    (in fine-tuning: the pre-trained image encoder and the dense-caption text encoder)."""
+    Teachers: by default frozen copies of the model's own encoders as they were when the stage
+    started (in fine-tuning: the pre-trained image encoder and the dense-caption text encoder);
+    ``image_teacher`` / ``text_teacher`` name a dedicated frozen unimodal backbone instead."""
 
     enabled: bool = False
     metric: Literal["mae", "mse", "kl"] = "mae"
@@ -185,6 +203,9 @@ class StructureConfig(Section):
     temperature: float = Field(0.1, gt=0)  # fixed: a learnable one lets the loss shrink itself
     mix_init: float = Field(0.5, ge=0.0, le=1.0)  # lambda: text vs image teacher relations
     learn_mix: bool = True  # lambda learnable, kept in [0, 1]
+    image_teacher: str | None = None  # a timm model name; None: the model's own image encoder
+    image_teacher_weights: str | None = None  # its local .safetensors file or folder (None: timm init)
+    text_teacher: str | None = None  # an HF name, local folder or bundled alias; None: own text encoder
 
     @model_validator(mode="after")
     def _learnable_mix_inside(self) -> StructureConfig:
@@ -203,6 +224,9 @@ class OptimConfig(Section):
     decay_factor: float = 0.3  # step schedule
     warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up (fractional epochs allowed)
     grad_clip: float | None = 2.0  # max global grad norm; None disables
+    # True: weight decay on every parameter (the released optimiser); False exempts biases,
+    # norms, GPO, learnable tokens and the backbones' own no-decay parameters
+    decay_all: bool = False
 
 
 class StageConfig(Section):

@@ -184,21 +184,27 @@ ALIGN_LOSSES: dict[str, type[nn.Module]] = {"triplet": TripletLoss, "infonce": I
 
 class AlignmentLoss(nn.Module):
     """Cross-modal alignment of matched pairs on the global batch: ``align.loss`` picks the
-    criterion (``triplet`` | ``infonce``); the result is multiplied by ``align.weight``."""
+    criterion (``triplet`` | ``infonce``); the result is multiplied by ``align.weight`` and, in the
+    first ``align.ramp_epochs`` epochs, by ``progress / ramp_epochs`` (the released trainer ramps
+    its alignment loss from 0 to 1 over epoch 0)."""
 
     def __init__(self, cfg: AlignConfig):
         super().__init__()
         self.weight = cfg.weight
+        self.ramp_epochs = cfg.ramp_epochs
         self.criterion = _lookup(ALIGN_LOSSES, cfg.loss, "align.loss")(cfg)
 
-    def forward(self, image: Tensor, text: Tensor, image_ids: Tensor, epoch: int) -> dict[str, Tensor]:
+    def forward(self, image: Tensor, text: Tensor, image_ids: Tensor, progress: float) -> dict[str, Tensor]:
         """Args:
         image: ``(B, D)`` image embeddings. text: ``(B, D)`` embeddings of their captions.
         image_ids: ``(B,)`` image index of each pair (equal ids are positives of each other).
-        epoch: the current epoch (triplet: all negatives before ``hardest_after_epoch``).
+        progress: epochs completed, fractional (triplet: all negatives before
+            ``hardest_after_epoch``; the weight ramp).
         """
         image, text, image_ids = gather_features(image), gather_features(text), gather_features(image_ids)
-        return {"align_loss": self.weight * self.criterion(image, text, image_ids, epoch)}
+        ramp = min(1.0, progress / self.ramp_epochs) if self.ramp_epochs > 0 else 1.0
+        loss = self.criterion(image, text, image_ids, int(progress))
+        return {"align_loss": self.weight * ramp * loss}
 
 
 # ----------------------------------------------------------------------------- distillation
@@ -206,12 +212,19 @@ def _cosine(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     return (1 - F.cosine_similarity(student, teacher, dim=1)).mean()
 
 
+def _unit_rms(x: Tensor) -> Tensor:
+    """Unit vectors scaled to norm sqrt(D): every coordinate of RMS 1, the scale of the released
+    code's LayerNorm output, where its MSE distillation acts."""
+    return F.normalize(x, dim=1) * math.sqrt(x.shape[1])
+
+
 def _l2(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    return F.mse_loss(student, teacher)
+    # at RMS scale the elementwise MSE is 2 (1 - cos): the cosine term's order, whatever D is
+    return F.mse_loss(_unit_rms(student), _unit_rms(teacher))
 
 
 def _l1(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-    return F.l1_loss(student, teacher)
+    return F.l1_loss(_unit_rms(student), _unit_rms(teacher))
 
 
 def _similarity_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
@@ -236,8 +249,9 @@ class DenseDistillLoss(nn.Module):
     (student), per ``distill.metric``, times ``distill.weight``:
 
     - ``cosine``: mean_i (1 - cos(t_s_i, t_d_i))  (the released default)
-    - ``l2``: mean squared error over all elements (the released alternative)
-    - ``l1``: mean absolute error over all elements
+    - ``l2``: mean squared error over all elements of ``sqrt(D) * t / |t|`` (the released
+      alternative acts on LayerNorm outputs, of norm about sqrt(D)); equals 2 (1 - cos) on average
+    - ``l1``: mean absolute error over all elements, at the same scale
     - ``kl``: mean_i KL(P_d[i] || P_s[i]) with ``P[i] = softmax_{j != i}(t_i . t_j / temperature)``,
       the in-batch similarity distributions (CLIP-KD style; relations, not coordinates)
 

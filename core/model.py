@@ -1,7 +1,7 @@
 """D2S-VSE: image and text encoders, GPO pooling, the sparse-branch decoder, and the model.
 
 Image: timm backbone tokens -> Linear -> pooling -> L2 norm. Text: HF backbone tokens -> Linear +
-residual MLP -> pooling -> LayerNorm -> L2 norm (the released text path). The sparse-branch decoder
+residual MLP -> pooling -> LayerNorm (the released text path) -> L2 norm. The sparse-branch decoder
 reads the projected text tokens plus learnable tokens and adds its pooled output to the text
 embedding (paper-notes.md, section 1). ``embed_images`` / ``embed_texts`` are the only road to an
 embedding, in training and evaluation alike.
@@ -42,6 +42,9 @@ __all__ = [
     "ClsPool",
     "POOLS",
     "ResidualMLPProjection",
+    "PixelNormalize",
+    "create_image_backbone",
+    "create_text_backbone",
     "ImageEncoder",
     "TextEncoder",
     "DecoderLayout",
@@ -155,30 +158,39 @@ _MAP_TO_TOKENS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _image_weights_file(path: str) -> Path:
+def _image_weights_file(path: str, option: str) -> Path:
     """A local safetensors file, or ``model.safetensors`` inside a timm/HF folder."""
     file = Path(path).expanduser()
     if file.is_dir():
         file = file / "model.safetensors"
     if not file.is_file():
-        raise UserError(f"model.image.pretrained: {file} not found")
+        raise UserError(f"{option}: {file} not found")
     if file.suffix != ".safetensors":
-        raise UserError(f"model.image.pretrained: {file} is not a .safetensors file (pickle is never loaded)")
+        raise UserError(f"{option}: {file} is not a .safetensors file (pickle is never loaded)")
     return file
 
 
-def _create_image_backbone(cfg: ImageEncoderConfig) -> nn.Module:
+def create_image_backbone(
+    cfg: ImageEncoderConfig, options: tuple[str, str] = ("model.image.backbone", "model.image.pretrained")
+) -> nn.Module:
+    """The timm backbone of ``cfg`` (``num_classes=0``, dynamic image size where supported),
+    from ``cfg.pretrained`` weights when given; never from the hub.
+
+    Args:
+        cfg: backbone name, weights, extra timm arguments.
+        options: the config keys of the name and of the weights, for error messages.
+    """
     if not timm.is_model(cfg.backbone):
         hint = difflib.get_close_matches(cfg.backbone, timm.list_models(), n=3)
         raise UserError(
-            f"model.image.backbone: unknown timm model '{cfg.backbone}'"
+            f"{options[0]}: unknown timm model '{cfg.backbone}'"
             + (f"; did you mean {', '.join(hint)}?" if hint else "")
         )
     kwargs: dict[str, Any] = {"num_classes": 0, **cfg.backbone_args}
     if cfg.pretrained is not None:
         # timm's own loader: applies the model's checkpoint filter (position embedding resizing)
         # and drops the classifier; 'source: file' keeps it from ever asking the hub
-        file = _image_weights_file(cfg.pretrained)
+        file = _image_weights_file(cfg.pretrained, options[1])
         kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"source": "file", "file": str(file)}}
     try:
         try:
@@ -191,9 +203,25 @@ def _create_image_backbone(cfg: ImageEncoderConfig) -> nn.Module:
     except (TypeError, ValueError, RuntimeError, AssertionError) as err:
         weights = f" and weights {cfg.pretrained}" if cfg.pretrained is not None else ""
         raise UserError(
-            f"model.image: cannot create {cfg.backbone} with backbone_args={cfg.backbone_args}"
+            f"{options[0]}: cannot create {cfg.backbone} with backbone_args={cfg.backbone_args}"
             f"{weights}: {err}"
         ) from None
+
+
+class PixelNormalize(nn.Module):
+    """uint8 ``(B, 3, H, W)`` -> float, normalised with the backbone's own mean/std (ImageNet's
+    when it declares none)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        pretrained_cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+        mean = pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)
+        std = pretrained_cfg.get("std", IMAGENET_DEFAULT_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
 
 
 class ImageEncoder(nn.Module):
@@ -216,19 +244,14 @@ class ImageEncoder(nn.Module):
             raise UserError(
                 f"model.image.pool=cls needs a class token; {cfg.backbone} has none (use gpo or mean)"
             )
+        # tokens the pooling reads start here: 0 keeps the class/register tokens with the patches
+        self.first_token = 0 if cfg.pool_prefix_tokens else self.num_prefix_tokens
         self.drop_patches = cfg.drop_patches
-        pretrained_cfg = getattr(backbone, "pretrained_cfg", {}) or {}
-        mean = pretrained_cfg.get("mean", IMAGENET_DEFAULT_MEAN)
-        std = pretrained_cfg.get("std", IMAGENET_DEFAULT_STD)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
+        self.drop_patches_prob = cfg.drop_patches_prob
+        self.normalize = PixelNormalize(backbone)
         self.proj = nn.Linear(backbone.num_features, embed_dim)
         nn.init.xavier_uniform_(self.proj.weight)  # as released
         nn.init.zeros_(self.proj.bias)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(B, 3, H, W)`` -> float normalised with the backbone's mean/std."""
-        return (images.float() - self.mean) / self.std
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone token features ``(B, N, C)``, prefix (class, register) tokens included."""
@@ -244,7 +267,7 @@ class ImageEncoder(nn.Module):
         if images.dtype == torch.uint8:
             images = self.normalize(images)
         feats = self.tokens(images)  # (B, N, C)
-        feats = feats[:, :1] if self.reads_first_token else feats[:, self.num_prefix_tokens :]
+        feats = feats[:, :1] if self.reads_first_token else feats[:, self.first_token :]
         mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)  # (B, N)
         if self.training and self.drop_patches > 0:
             mask = self._drop_mask(mask)
@@ -252,9 +275,12 @@ class ImageEncoder(nn.Module):
         return F.normalize(x, dim=-1)
 
     def _drop_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """VSE-infinity's size augmentation: each image drops a share of its tokens drawn
-        uniformly from [0, drop_patches); pooling then sees a smaller, variable token set."""
-        rate = torch.rand(mask.shape[0], 1, device=mask.device) * self.drop_patches  # (B, 1)
+        """VSE-infinity's size augmentation, as the released encoder draws it: per image one
+        ``u ~ U(0, 1)``; an image with ``u > 1 - drop_patches_prob`` drops each token with rate
+        ``drop_patches * u``, the others keep every token. Pooling then sees a smaller, variable
+        token set."""
+        u = torch.rand(mask.shape[0], 1, device=mask.device)  # (B, 1)
+        rate = torch.where(u > 1 - self.drop_patches_prob, self.drop_patches * u, torch.zeros_like(u))
         keep = torch.rand(mask.shape, device=mask.device) >= rate  # (B, N)
         keep[:, 0] |= ~keep.any(dim=1)  # never an empty image
         return keep
@@ -278,23 +304,30 @@ def _text_backbone_source(name: str) -> str:
     return TEXT_BACKBONE_ALIASES[name]() if name in TEXT_BACKBONE_ALIASES else name
 
 
-def _offline(load: Callable[..., Any], source: str, name: str, **kwargs: Any) -> Any:
+def _offline(load: Callable[..., Any], source: str, name: str, option: str, **kwargs: Any) -> Any:
     """Call an HF ``from_pretrained`` without network: local folders and the local cache only."""
     try:
         return load(source, local_files_only=True, **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(
-            f"model.text.backbone '{name}' cannot be loaded offline: it must be a local folder, a "
+            f"{option} '{name}' cannot be loaded offline: it must be a local folder, a "
             f"bundled alias ({', '.join(TEXT_BACKBONE_ALIASES)}) or in the local Hugging Face cache"
             f" ({type(err).__name__}: {str(err).splitlines()[0]})"
         ) from None
 
 
-def _create_text_backbone(cfg: TextEncoderConfig) -> tuple[nn.Module, Any]:
+def create_text_backbone(cfg: TextEncoderConfig, option: str = "model.text.backbone") -> tuple[nn.Module, Any]:
+    """The Hugging Face encoder and tokenizer of ``cfg``, loaded offline (local folders, bundled
+    aliases, the local cache).
+
+    Args:
+        cfg: backbone name, pretrained or random init, config overrides.
+        option: the config key of the name, for error messages.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     source = _text_backbone_source(cfg.backbone)
-    hf_config = _offline(AutoConfig.from_pretrained, source, cfg.backbone)
+    hf_config = _offline(AutoConfig.from_pretrained, source, cfg.backbone, option)
     known = hf_config.to_dict()
     for key, value in cfg.config_overrides.items():
         if key not in known:
@@ -305,18 +338,18 @@ def _create_text_backbone(cfg: TextEncoderConfig) -> tuple[nn.Module, Any]:
             )
         setattr(hf_config, key, value)
     if cfg.pretrained:
-        model = _offline(AutoModel.from_pretrained, source, cfg.backbone, config=hf_config)
+        model = _offline(AutoModel.from_pretrained, source, cfg.backbone, option, config=hf_config)
     else:
         model = AutoModel.from_config(hf_config)
     if getattr(model, "pooler", None) is not None:
         # token features only: an unused pooler gets no gradient (DDP rejects such parameters)
         model.pooler = None
-    tokenizer = _offline(AutoTokenizer.from_pretrained, source, cfg.backbone)
+    tokenizer = _offline(AutoTokenizer.from_pretrained, source, cfg.backbone, option)
     return model, tokenizer
 
 
 class TextEncoder(nn.Module):
-    """HF backbone tokens -> Linear + residual MLP -> pooling -> LayerNorm -> L2 norm.
+    """HF backbone tokens -> Linear + residual MLP -> pooling -> LayerNorm (un-normalised).
 
     Args:
         backbone: a Hugging Face encoder returning ``last_hidden_state``.
@@ -330,26 +363,32 @@ class TextEncoder(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.max_length = cfg.max_length
+        self.dense_max_length = cfg.dense_max_length
+        positions = getattr(backbone.config, "max_position_embeddings", None)
+        if positions is not None and max(cfg.max_length, cfg.dense_max_length) > positions:
+            raise UserError(
+                f"model.text: max_length={cfg.max_length} / dense_max_length={cfg.dense_max_length} exceed"
+                f" the {positions} positions of {cfg.backbone}"
+            )
         self.dropout = nn.Dropout(cfg.dropout)
         self.proj = ResidualMLPProjection(backbone.config.hidden_size, embed_dim)
         self.pool = _build_pool(cfg.pool)
         self.norm = nn.LayerNorm(embed_dim)  # the released text path ends in a LayerNorm
 
-    def tokenize(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Captions -> ``input_ids`` and ``attention_mask``, both ``(B, L)`` long."""
-        out = self.tokenizer(
-            list(captions), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+    def tokenize(self, captions: Sequence[str], dense: bool = False) -> dict[str, torch.Tensor]:
+        """Captions -> ``input_ids`` and ``attention_mask``, both ``(B, L)`` long, truncated to
+        ``dense_max_length`` tokens if ``dense`` else ``max_length``."""
+        length = self.dense_max_length if dense else self.max_length
+        out = self.tokenizer(list(captions), padding=True, truncation=True, max_length=length, return_tensors="pt")
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (embedding ``(B, D)`` L2-normalised, projected token features ``(B, L, D)``)."""
+        """-> (LayerNorm output ``(B, D)``, not yet L2-normalised; projected token features ``(B, L, D)``)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         tokens = self.proj(self.dropout(hidden))  # (B, L, D)
-        x = self.norm(self.pool(tokens, attention_mask.bool()))  # (B, D)
-        return F.normalize(x, dim=-1), tokens
+        return self.norm(self.pool(tokens, attention_mask.bool())), tokens
 
 
 # ------------------------------------------------------------------------------ sparse decoder
@@ -413,8 +452,8 @@ class SparseDecoder(nn.Module):
 
     The projected sparse token features and ``num_tokens`` learnable tokens (placed before, after,
     or around each caption's real words) go through ``depth`` pre-norm transformer blocks and a
-    LayerNorm; the learnable tokens' outputs are mean-pooled into the residual ``t_hat`` that is
-    added to the sparse embedding.
+    LayerNorm; the learnable tokens' outputs are mean-pooled into the residual ``t_hat`` that
+    :meth:`D2SVSE.embed_texts` adds to the sparse embedding.
 
     Args:
         cfg: the ``model.decoder`` section (depth >= 1).
@@ -431,7 +470,6 @@ class SparseDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.positions = cfg.positions
         self.mask_padding = cfg.mask_padding
-        self.normalize_residual = cfg.normalize_residual
 
     def layout(self, mask: torch.Tensor) -> DecoderLayout:
         """The slot layout for word masks ``(B, L)`` (True = real word, any padding side)."""
@@ -448,7 +486,7 @@ class SparseDecoder(nn.Module):
         return DecoderLayout(word_slots, token_slots, valid)
 
     def forward(self, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Residual for the sparse embedding, ``(B, D)``, L2-normalised if ``normalize_residual``.
+        """The residual ``t_hat`` for the sparse embedding, ``(B, D)`` (the LayerNorm's scale).
 
         Args:
             words: projected sparse token features ``(B, L, D)``.
@@ -465,17 +503,16 @@ class SparseDecoder(nn.Module):
         for block in self.blocks:
             x = block(x, key_mask)
         x = self.norm(x)
-        t_hat = x.gather(1, layout.token_slots[..., None].expand(-1, -1, D)).mean(dim=1)  # (B, D)
-        return F.normalize(t_hat, dim=-1) if self.normalize_residual else t_hat
+        return x.gather(1, layout.token_slots[..., None].expand(-1, -1, D)).mean(dim=1)  # (B, D)
 
 
 # --------------------------------------------------------------------------------------- model
 def _build_image_encoder(cfg: ModelConfig) -> ImageEncoder:
-    return ImageEncoder(_create_image_backbone(cfg.image), cfg.image, cfg.embed_dim)
+    return ImageEncoder(create_image_backbone(cfg.image), cfg.image, cfg.embed_dim)
 
 
 def _build_text_encoder(cfg: ModelConfig) -> TextEncoder:
-    backbone, tokenizer = _create_text_backbone(cfg.text)
+    backbone, tokenizer = create_text_backbone(cfg.text)
     return TextEncoder(backbone, tokenizer, cfg.text, cfg.embed_dim)
 
 
@@ -507,9 +544,10 @@ class D2SVSE(nn.Module):
     def device(self) -> torch.device:
         return self.image.proj.weight.device
 
-    def tokenize(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Captions -> ``{"input_ids", "attention_mask"}``, both ``(B, L)`` long, on the CPU."""
-        return self.text.tokenize(captions)
+    def tokenize(self, captions: Sequence[str], dense: bool = False) -> dict[str, torch.Tensor]:
+        """Captions -> ``{"input_ids", "attention_mask"}``, both ``(B, L)`` long, on the CPU;
+        ``dense`` truncates at ``model.text.dense_max_length`` instead of ``max_length``."""
+        return self.text.tokenize(captions, dense=dense)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings ``(B, D)``.
@@ -529,15 +567,21 @@ class D2SVSE(nn.Module):
             captions: strings, or a tokenized dict with ``input_ids`` and ``attention_mask``.
             decoder: add the sparse-branch decoder's residual (sparse captions). False gives the
                 dense branch (pre-training, the frozen dense teacher); without a decoder
-                (depth 0) both are the same.
+                (depth 0) both are the same. With False, strings are tokenized as dense captions.
+        The residual is added to the unit sparse embedding as a unit vector
+        (``model.decoder.normalize_residual``), or, as the released training path does, raw to
+        the raw LayerNorm output.
         """
-        tokens = captions if isinstance(captions, Mapping) else self.tokenize(captions)
+        tokens = captions if isinstance(captions, Mapping) else self.tokenize(captions, dense=not decoder)
         ids = tokens["input_ids"].to(self.device, non_blocking=True)
         mask = tokens["attention_mask"].to(self.device, non_blocking=True)
-        emb, words = self.text(ids, mask)  # (B, D), (B, L, D)
+        emb, words = self.text(ids, mask)  # (B, D) LayerNorm output, (B, L, D)
         if decoder and self.decoder is not None:
-            emb = F.normalize(emb + self.decoder(words, mask.bool()), dim=-1)
-        return emb
+            residual = self.decoder(words, mask.bool())  # (B, D)
+            if self.config.decoder.normalize_residual:
+                emb, residual = F.normalize(emb, dim=-1), F.normalize(residual, dim=-1)
+            emb = emb + residual
+        return F.normalize(emb, dim=-1)
 
     def forward(
         self, images: torch.Tensor, texts: Sequence[str] | Mapping[str, torch.Tensor], decoder: bool = True
@@ -556,12 +600,13 @@ class D2SVSE(nn.Module):
             image_lr_mult: image backbone multiplier; default ``model.image.lr_mult``.
             text_lr_mult: text backbone multiplier; default ``model.text.lr_mult``.
         Each group carries ``lr_mult`` so a schedule can set ``lr = base * lr_mult * factor``.
+        ``optim.decay_all`` decays every parameter (the released optimiser).
         """
         image_lr_mult = self.config.image.lr_mult if image_lr_mult is None else image_lr_mult
         text_lr_mult = self.config.text.lr_mult if text_lr_mult is None else text_lr_mult
         mult_of = {id(p): image_lr_mult for p in self.image.backbone.parameters()}
         mult_of |= {id(p): text_lr_mult for p in self.text.backbone.parameters()}
-        no_decay = self._no_decay_ids()
+        no_decay = set() if optim.decay_all else self._no_decay_ids()
         grouped: dict[tuple[float, bool], list[nn.Parameter]] = {}
         for p in self.parameters():
             if p.requires_grad:

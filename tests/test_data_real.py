@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from core.config import DataConfig
-from core.data import build_splits
+from core.data import build_splits, eval_view
 from core.errors import UserError
 
 SPLITS = {"train": 3, "restval": 1, "val": 2, "test": 2}  # Karpathy JSON split -> images
@@ -94,6 +94,32 @@ def test_karpathy_splits_merge_restval_into_train_and_map_captions(karpathy, tmp
     assert mean_colour(train.images[3]) == colour_of(3)  # decoded in order
     assert mean_colour(splits["test"].images[1]) == colour_of(7)
     assert train.dense is None
+
+
+def test_the_evaluation_view_of_a_landscape_image_keeps_an_object_at_its_left_edge(karpathy, tmp_path):
+    """Flickr30K images are mostly 500 x 375: a centre crop would cut the sides off, in training
+    and in evaluation; the cache keeps the whole field of view (resized, as the released code)."""
+    image = Image.new("RGB", (60, 20), (0, 0, 0))
+    image.paste((255, 0, 0), (0, 0, 8, 20))  # a red object at the left edge
+    image.save(Path(karpathy["image_root"]) / "sub" / "006.png")  # the first test image
+    test = build_splits(kdata(karpathy), tmp_path / "cache")["test"]
+    view = eval_view(test.images[0], 16).numpy()  # (3, 16, 16)
+    assert view[0, :, 0].min() > 200 and view[1:, :, 0].max() < 60  # red down the whole left edge
+    assert view[0, :, -1].max() < 60  # and black at the right
+
+
+def test_evaluation_splits_keep_the_first_captions_per_image_sentences(karpathy, tmp_path):
+    """The VSE protocol: 5 sentences per test image (Karpathy's COCO test has a few with 6)."""
+    obj = json.loads(Path(karpathy["annotations"]).read_text())
+    for image in obj["images"]:
+        image["sentences"] = [{"raw": f"sentence {k} of {image['filename']}"} for k in range(6)]
+    Path(karpathy["annotations"]).write_text(json.dumps(obj))
+    splits = build_splits(kdata(karpathy), tmp_path / "cache")
+    assert len(splits["test"].captions) == 2 * 5 and len(splits["val"].captions) == 2 * 5
+    assert splits["test"].captions[:5] == [f"sentence {k} of 006.png" for k in range(5)]
+    assert len(splits["train"].captions) == 4 * 6  # training keeps every sentence
+    every = build_splits(kdata(karpathy, captions_per_image=None), tmp_path / "cache")
+    assert len(every["test"].captions) == 2 * 6
 
 
 def test_karpathy_missing_image_file_is_named(karpathy, tmp_path):

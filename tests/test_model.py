@@ -17,7 +17,7 @@ from core.model import (
     D2SVSE,
     ImageEncoder,
     SparseDecoder,
-    _create_image_backbone,
+    create_image_backbone,
     build_model,
 )
 from harness.config import resolve
@@ -115,13 +115,23 @@ def test_placement_matters_only_with_positions():
     assert not torch.allclose(placed[1], placed[2], atol=1e-3)
 
 
-def test_normalize_residual_gives_unit_residual_and_false_keeps_raw_scale():
-    words, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool)
-    unit = _decoder("surround")(words, mask)
-    raw = _decoder("surround", normalize_residual=False)(words, mask)
-    torch.testing.assert_close(unit.norm(dim=-1), torch.ones(2))
-    torch.testing.assert_close(unit, torch.nn.functional.normalize(raw, dim=-1))
-    assert not torch.allclose(raw.norm(dim=-1), torch.ones(2), atol=1e-2)
+@pytest.mark.parametrize("normalize_residual", [True, False])
+def test_sparse_embedding_adds_the_residual_as_configured(normalize_residual):
+    """True: normalize(normalize(t_s) + normalize(t_hat)); False, the released training path:
+    normalize(layernorm_out + t_hat), both raw."""
+    model = _model(**{"model.decoder.normalize_residual": normalize_residual})
+    tokens = model.tokenize([SHORT, LONG])
+    with torch.no_grad():
+        layernorm_out, words = model.text(tokens["input_ids"], tokens["attention_mask"])
+        t_hat = model.decoder(words, tokens["attention_mask"].bool())
+        got = model.embed_texts(tokens)
+    F = torch.nn.functional
+    if normalize_residual:
+        expected = F.normalize(F.normalize(layernorm_out, dim=-1) + F.normalize(t_hat, dim=-1), dim=-1)
+    else:
+        expected = F.normalize(layernorm_out + t_hat, dim=-1)
+        assert layernorm_out.norm(dim=-1).min() > 5  # the LayerNorm scale, about sqrt(D), not 1
+    torch.testing.assert_close(got, expected)
 
 
 # --------------------------------------------------------------------- baseline and invariance
@@ -207,7 +217,7 @@ def test_image_encoder_runs_at_two_resolutions(small):
 def _encoder(backbone: str, **kwargs) -> ImageEncoder:
     torch.manual_seed(0)
     cfg = ImageEncoderConfig(backbone=backbone, **kwargs)
-    return ImageEncoder(_create_image_backbone(cfg), cfg, 16).eval()
+    return ImageEncoder(create_image_backbone(cfg), cfg, 16).eval()
 
 
 @pytest.mark.parametrize(("backbone", "layout"), [("test_resnet", "NCHW"), ("test_mambaout", "NHWC")])
@@ -236,6 +246,15 @@ def test_vit_class_token_is_left_out_of_pooling():
     assert encoder.num_prefix_tokens == 1
 
 
+def test_pool_prefix_tokens_pools_the_class_token_with_the_patches():
+    encoder = _encoder("test_vit", pool="mean", pool_prefix_tokens=True)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        every = encoder.tokens(images)  # class token included
+        expected = torch.nn.functional.normalize(encoder.proj(every).mean(dim=1), dim=-1)
+        torch.testing.assert_close(encoder(images), expected)
+
+
 def test_cls_pooling_without_a_class_token_is_a_user_error():
     with pytest.raises(UserError, match="class token"):
         _encoder("test_resnet", pool="cls")
@@ -252,12 +271,23 @@ def test_patch_dropping_is_random_in_training_and_off_in_eval():
     assert mask.any(dim=1).all() and not mask.all()
 
 
+def test_released_patch_dropping_spares_a_fifth_of_the_images_and_drops_at_most_a_fifth():
+    encoder = _encoder("test_vit", drop_patches=0.2, drop_patches_prob=0.8)
+    torch.manual_seed(0)
+    kept = encoder._drop_mask(torch.ones(2000, 4000, dtype=torch.bool)).float().mean(dim=1)  # per image
+    untouched = (kept == 1).float().mean().item()
+    assert untouched == pytest.approx(0.2, abs=0.03)  # u <= 0.2: the image keeps every token
+    assert kept.min().item() > 0.77  # rate 0.2 * u <= 0.2, binomial noise 0.006 per image
+    dropped = 1 - kept[kept < 1]
+    assert dropped.mean().item() == pytest.approx(0.2 * 0.6, abs=0.01)  # E[0.2 u | u > 0.2]
+
+
 def test_image_weights_load_from_a_local_safetensors_folder_or_file(tmp_path):
     torch.manual_seed(1)
     source = timm.create_model("test_vit", pretrained=False)  # with its classifier, as published
     save_file(source.state_dict(), tmp_path / "model.safetensors")
     for where in (tmp_path, tmp_path / "model.safetensors"):
-        loaded = _create_image_backbone(ImageEncoderConfig(backbone="test_vit", pretrained=str(where)))
+        loaded = create_image_backbone(ImageEncoderConfig(backbone="test_vit", pretrained=str(where)))
         torch.testing.assert_close(loaded.pos_embed, source.pos_embed)
         torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
 
@@ -265,16 +295,16 @@ def test_image_weights_load_from_a_local_safetensors_folder_or_file(tmp_path):
 def test_missing_or_pickled_image_weights_are_user_errors(tmp_path):
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(UserError, match="nope.safetensors"):
-        _create_image_backbone(ImageEncoderConfig(backbone="test_vit", pretrained=str(missing)))
+        create_image_backbone(ImageEncoderConfig(backbone="test_vit", pretrained=str(missing)))
     pickled = str(tmp_path / "weights.pth")
     (tmp_path / "weights.pth").write_bytes(b"\x80")
     with pytest.raises(UserError, match="pickle"):
-        _create_image_backbone(ImageEncoderConfig(backbone="test_vit", pretrained=pickled))
+        create_image_backbone(ImageEncoderConfig(backbone="test_vit", pretrained=pickled))
 
 
 def test_unknown_timm_backbone_is_a_user_error_with_a_hint():
     with pytest.raises(UserError, match="test_vit"):
-        _create_image_backbone(ImageEncoderConfig(backbone="test_vitt"))
+        create_image_backbone(ImageEncoderConfig(backbone="test_vitt"))
 
 
 # -------------------------------------------------------------------------------- text encoder
@@ -348,6 +378,24 @@ def test_param_groups_put_backbones_at_lr_mult_and_spare_norms_biases_tokens_fro
     assert all(group_of[id(p)]["weight_decay"] == 0.05 for p in decay)
     overridden = model.param_groups(optim, image_lr_mult=0.5)
     assert {g["lr_mult"] for g in overridden} == {0.5, 0.2, 1.0}
+
+
+def test_decay_all_puts_weight_decay_on_every_parameter():
+    model = _model()
+    groups = model.param_groups(OptimConfig(weight_decay=0.05, decay_all=True))
+    assert {g["weight_decay"] for g in groups} == {0.05}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_a_dense_caption_of_180_tokens_reaches_the_encoder_whole(small):
+    dense = " ".join(["red"] * 178)  # 178 words + [CLS] + [SEP] = 180 tokens
+    assert small.tokenize([dense], dense=True)["input_ids"].shape[1] == 180
+    assert small.tokenize([dense])["input_ids"].shape[1] == small.text.max_length  # sparse limit
+
+
+def test_lengths_beyond_the_backbones_positions_are_a_user_error():
+    with pytest.raises(UserError, match="dense_max_length=1024.*512 positions"):
+        _model(**{"model.text.dense_max_length": 1024})
 
 
 def test_build_model_takes_the_whole_config_or_its_model_section():

@@ -123,9 +123,10 @@ def test_pretrain_hashes_no_decoder_or_finetune_field() -> None:
     assert "model.image.backbone" in fields and "pretrain.epochs" in fields
 
 
-def test_stage_hash_covers_its_parent() -> None:
+def test_stage_hash_covers_its_parent_and_the_data_fingerprint() -> None:
     config = resolve()
-    assert stage_hash(config, "finetune", None) != stage_hash(config, "finetune", "0" * 16)
+    assert stage_hash(config, "finetune", None, "d") != stage_hash(config, "finetune", "0" * 16, "d")
+    assert stage_hash(config, "finetune", None, "d") != stage_hash(config, "finetune", None, "e")
 
 
 def test_disabled_pretrain_leaves_finetune_without_parent() -> None:
@@ -216,3 +217,59 @@ def test_stage_status_reads_done_partial_and_todo(tmp_path: Path) -> None:
 def test_last_checkpoint_is_the_trainers_file_name() -> None:
     train = pytest.importorskip("core.train")
     assert LAST_CHECKPOINT == train.LAST
+
+
+# ------------------------------------------------------------------- what the config only names
+def _karpathy_study(tmp_path: Path) -> Path:
+    """A study on a 3-image Karpathy dataset with a dense-caption file (nothing decoded)."""
+    images = [
+        {"filename": f"{n}.png", "split": split, "sentences": [{"raw": f"caption of {n}"}], "imgid": n}
+        for n, split in enumerate(["train", "val", "test"])
+    ]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "ann.json").write_text(json.dumps({"images": images}))
+    (tmp_path / "dense.jsonl").write_text("".join(json.dumps({"image": f"{n}.png", "text": "old"}) + "\n" for n in range(3)))
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "name: real\nsetting: cpu-small\nbase:\n"
+        f"  data.source: karpathy\n  data.annotations: {tmp_path / 'ann.json'}\n"
+        f"  data.image_root: {tmp_path / 'images'}\n  data.dense_captions: {tmp_path / 'dense.jsonl'}\n"
+    )
+    return study
+
+
+def test_rewriting_the_dense_captions_at_the_same_path_makes_the_pretraining_to_run(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.study import load_study
+
+    study = _karpathy_study(tmp_path)
+    workdir = tmp_path / "work"
+    for digest in make_plan(load_study(study)).stages:
+        mark_done(workdir, digest)
+    dry_run = ["run", str(study), "--dry-run", "--workdir", str(workdir)]
+    before = CliRunner().invoke(app, dry_run)
+    assert before.exit_code == 0, before.output
+    assert "to run" not in before.output and "cached" in before.output
+    dense = tmp_path / "dense.jsonl"
+    dense.write_text(dense.read_text().replace('"old"', '"new and longer"'))
+    after = CliRunner().invoke(app, dry_run)
+    assert after.exit_code == 0, after.output
+    assert "cached" not in after.output and "to run" in after.output
+
+
+def test_a_missing_annotation_file_fails_planning_naming_the_key(tmp_path) -> None:
+    with pytest.raises(UserError, match=r"arm .*data.annotations=/no/such.json: file not found"):
+        make_plan(Study(name="s"), {"data.source": "karpathy", "data.annotations": "/no/such.json"})
+
+
+def test_auto_precision_is_hashed_as_what_it_resolves_to_on_this_machine() -> None:
+    import torch
+
+    resolved = "bf16" if torch.cuda.is_available() else "fp32"
+    auto = make_plan(Study(name="s"), {"runtime.precision": "auto"})
+    explicit = make_plan(Study(name="s"), {"runtime.precision": resolved})
+    other = make_plan(Study(name="s"), {"runtime.precision": "fp16"})
+    assert auto.runs[0].chain == explicit.runs[0].chain != other.runs[0].chain
+    assert auto.runs[0].config.runtime.precision == resolved  # what runs is what was hashed

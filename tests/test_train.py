@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from core.config import OptimConfig
 from core.data import build_splits
 from core.errors import UserError
-from core.train import BEST, LAST, NonFiniteLoss, lr_factor, resolve_device, train_stage
+from core.runtime import resolve_device
+from core.train import BEST, LAST, NonFiniteLoss, lr_factor, train_stage
 from harness.config import resolve
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"

@@ -19,7 +19,10 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-LOAD_TIMEOUT_MS = 90_000  # the UI's first page load is slow on a busy 2-core machine
+# The UI's first page load, and its runs table ("Loading..." until the store answers), are slow on
+# a busy 2-core machine. Every wait names this timeout: Playwright's assertions otherwise wait 5 s
+# whatever page.set_default_timeout says, and failed whenever the table was still loading.
+LOAD_TIMEOUT_MS = 120_000
 
 
 def free_port() -> int:
@@ -62,14 +65,15 @@ def test_browser_finds_the_study_and_its_nested_runs(report_store, tmp_path):  #
             page.wait_for_url(re.compile(r".*/experiments/\d+.*"))
             experiment = re.search(r"/experiments/(\d+)", page.url).group(1)
             page.goto(f"{server.url}/#/experiments/{experiment}/runs")
-            # Top level: the parent run only (its 15 stage runs are nested under it).
-            expect(page.get_by_text("16 matching runs")).to_be_visible()
+            # The table is ready when it counts the runs; top level: the parent run only (its 15
+            # stage runs are nested under it).
+            expect(page.get_by_text("16 matching runs")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
             row = page.get_by_role("row").filter(has=page.locator(f'a[href$="/runs/{parent}"]'))
-            expect(row).to_have_count(1)
-            expect(page.get_by_text(child, exact=True)).to_have_count(0)
+            expect(row).to_have_count(1, timeout=LOAD_TIMEOUT_MS)
+            expect(page.get_by_text(child, exact=True)).to_have_count(0, timeout=LOAD_TIMEOUT_MS)
             row.locator('[col-id="attributes.`Run Name`"] button').first.click()  # expand the parent
-            expect(page.get_by_text(child, exact=True)).to_be_visible()
-            expect(page.get_by_text("pretrain seed=0", exact=True)).to_be_visible()
+            expect(page.get_by_text(child, exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+            expect(page.get_by_text("pretrain seed=0", exact=True)).to_be_visible(timeout=LOAD_TIMEOUT_MS)
             page.screenshot(path=str(tmp_path / "ui.png"))
         finally:
             browser.close()

@@ -14,12 +14,13 @@ if TYPE_CHECKING:
     from core.data.augment import TokenAugment, eval_view, swap_left_right, train_view
     from core.data.cache import ImageStore, Split, cache_side
     from core.data.datasets import Collator, PairDataset, eval_images
-    from core.data.sources import SOURCES, build_splits, prepare
+    from core.data.sources import SOURCES, build_splits, data_fingerprint, prepare
 
 _EXPORTS = {
     "SOURCES": "core.data.sources",
     "build_splits": "core.data.sources",
     "prepare": "core.data.sources",
+    "data_fingerprint": "core.data.sources",
     "Split": "core.data.cache",
     "ImageStore": "core.data.cache",
     "cache_side": "core.data.cache",

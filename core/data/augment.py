@@ -1,9 +1,11 @@
 """Train-time augmentation: image views on uint8 tensors, left/right word swaps, token edits.
 
-Images stay uint8 (the model normalises on its device). A train view is a random square crop
-whose area is a share ``crop_scale`` of the cached square, resized to ``image_size``, flipped
-horizontally with probability 1/2 when ``data.hflip``; the evaluation view is the whole cached
-square resized to ``image_size`` (what a crop of area 1 gives). A flipped image's captions get
+Images stay uint8 (the model normalises on its device). The cached square holds the whole image
+(``core.data.cache``). A train view is a random square crop whose side is a share
+``u ~ U(crop_scale)`` of the cached side, at a random place, resized to ``image_size`` and flipped
+horizontally with probability 1/2 when ``data.hflip``: the released code's crop of the same share
+of both sides of the whole image. The evaluation view is the whole cached square resized to
+``image_size`` (what a crop of share 1 gives). A flipped image's captions get
 left and right swapped so they stay true (for real captions this also turns "the right answer"
 into "the left answer": rare, and the flip is what the released code does without any swap).
 
@@ -15,7 +17,6 @@ otherwise. Special tokens ([CLS], [SEP], [PAD], ...) are never touched.
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
@@ -43,14 +44,14 @@ def train_view(
     Args:
         image: uint8 ``(S, S, 3)``.
         size: output side (``data.image_size``).
-        crop_scale: range of the crop's area as a share of the image.
+        crop_scale: range of the crop's side as a share of the image's side.
         hflip: whether to flip with probability 1/2.
         rng: the item's generator.
     Returns:
         uint8 ``(3, size, size)`` and whether it was flipped.
     """
     side = image.shape[0]
-    crop = min(side, max(1, round(side * math.sqrt(rng.uniform(*crop_scale)))))
+    crop = min(side, max(1, round(side * rng.uniform(*crop_scale))))
     top, left = (int(v) for v in rng.integers(0, side - crop + 1, size=2))
     flipped = bool(rng.random() < 0.5) and hflip  # always drawn: the stream does not depend on hflip
     view = TF.resized_crop(_to_chw(image), top, left, crop, crop, [size, size], antialias=True)

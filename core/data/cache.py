@@ -13,10 +13,13 @@ source's config, the cached side ``S``, the input files' sizes and times). A cac
 into a temporary folder and renamed into place, so it exists whole or not at all; an interrupted
 write leaves only a temporary folder that no reader opens.
 
-Images are stored square: resized (bicubic, antialiased) so the short side is ``S``, then centre
-cropped to ``S x S`` (a landscape Flickr30K image 500 x 375 loses 62 px of each side at S = 375
-before scaling). ``S = ceil(data.image_size * data.cache_margin)``: the margin gives random crops
-resolution to spare, and the evaluation view is the whole cached square resized to ``image_size``.
+Images are stored square and whole: the full field of view resized (bicubic, antialiased) to
+``S x S``, the aspect ratio given up as the released code does (its evaluation resizes the whole
+image to a square; its training crops the same share of both sides of the whole image, then
+resizes to a square, which equals cropping that share of the stored square). Nothing is cut off,
+so an object at the edge of a 500 x 375 Flickr30K image is still in the evaluation view.
+``S = ceil(data.image_size * data.cache_margin)``: the margin gives random crops resolution to
+spare, and the evaluation view is the whole cached square resized to ``image_size``.
 """
 
 from __future__ import annotations
@@ -44,13 +47,14 @@ __all__ = [
     "SplitData",
     "cache_side",
     "fit_square",
+    "cache_key",
     "materialize",
     "write_split",
     "open_splits",
     "verify",
 ]
 
-FORMAT_VERSION = 1  # bump when the layout or the image fitting changes: old caches are not reused
+FORMAT_VERSION = 2  # bump when the layout or the image fitting changes: old caches are not reused
 MANIFEST = "manifest.json"
 SPLIT_FILES = ("images.u8", "index.json", "captions.jsonl", "dense.jsonl")
 SPLIT_ORDER = ("train", "val", "test")  # the order splits are listed in; other names follow
@@ -131,7 +135,8 @@ def cache_side(data: DataConfig) -> int:
 
 
 def fit_square(image: Image.Image | np.ndarray, side: int) -> np.ndarray:
-    """Resize so the short side is ``side`` (bicubic, antialiased), centre crop to a square.
+    """Resize the whole image to ``side x side`` (bicubic, antialiased; the aspect ratio is not
+    kept, nothing is cropped).
 
     Args:
         image: a PIL image (any mode, converted to RGB) or a uint8 ``(H, W, 3)`` array.
@@ -142,13 +147,9 @@ def fit_square(image: Image.Image | np.ndarray, side: int) -> np.ndarray:
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     image = image.convert("RGB")
-    width, height = image.size
-    scale = side / min(width, height)
-    size = (max(side, round(width * scale)), max(side, round(height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (size[0] - side) // 2, (size[1] - side) // 2
-    return np.asarray(image.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def cache_key(source: str, params: dict) -> str:

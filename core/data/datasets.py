@@ -90,42 +90,55 @@ class Collator:
     """Stacks items into a batch and tokenizes (and augments) their captions.
 
     Batch: ``{"image": uint8 (B, 3, H, W), "text": {"input_ids", "attention_mask"} (B, L) long,
-    "dense": the same for dense captions (when every item has one), "image_index": (B,) long}``,
-    padded to the longest caption in the batch, truncated to ``max_length`` tokens.
+    "dense": the same for dense captions (when every item has one), "image_index": (B,) long,
+    "strings": {"text": [...], "dense": [...]}}``, token ids padded to the longest caption in the
+    batch, truncated to ``max_length`` (``dense_max_length`` for dense captions) tokens; the
+    strings are the captions before token augmentation (for teachers with their own tokenizer).
 
     Args:
         tokenizer: the text backbone's Hugging Face tokenizer.
-        max_length: tokens per caption, special tokens included.
+        max_length: tokens per ``caption``, special tokens included.
         text_augment: token augmentation for items that carry a ``seed`` (train items); None or
             ``enabled: false`` turns it off.
+        dense_max_length: tokens per ``dense`` caption; default ``max_length``.
     """
 
-    def __init__(self, tokenizer, max_length: int, text_augment: TextAugmentConfig | None = None):
+    def __init__(
+        self, tokenizer, max_length: int, text_augment: TextAugmentConfig | None = None, dense_max_length: int | None = None
+    ):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.dense_max_length = dense_max_length or max_length
         enabled = text_augment is not None and text_augment.enabled and text_augment.prob > 0
         self.augment = TokenAugment(text_augment, tokenizer) if enabled else None
 
     def __call__(self, items: Sequence[dict]) -> dict:
         seeds = [item.get("seed") for item in items]
+        captions = [item["caption"] for item in items]
         batch = {
             "image": torch.stack([item["image"] for item in items]),
-            "text": self.tokenize([item["caption"] for item in items], seeds, stream=0),
+            "text": self.tokenize(captions, seeds, stream=0),
             "image_index": torch.tensor([item["image_index"] for item in items], dtype=torch.long),
+            "strings": {"text": captions},
         }
         if all("dense" in item for item in items):
-            batch["dense"] = self.tokenize([item["dense"] for item in items], seeds, stream=1)
+            dense = [item["dense"] for item in items]
+            batch["dense"] = self.tokenize(dense, seeds, stream=1, max_length=self.dense_max_length)
+            batch["strings"]["dense"] = dense
         return batch
 
-    def tokenize(self, texts: list[str], seeds: Iterable[int | None] | None = None, stream: int = 0) -> dict[str, torch.Tensor]:
+    def tokenize(
+        self, texts: list[str], seeds: Iterable[int | None] | None = None, stream: int = 0, max_length: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Tokenize, augment each text whose seed is not None, pad to the longest.
 
         Args:
             texts: the captions.
             seeds: one augmentation seed (or None) per text; None: no augmentation.
             stream: separates the generators of captions tokenized from the same item.
+            max_length: truncation length; default the ``max_length`` of sparse captions.
         """
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(list(texts), truncation=True, max_length=max_length or self.max_length)["input_ids"]
         if self.augment is not None and seeds is not None:
             ids = [self.augment(seq, np.random.default_rng([seed, stream])) if seed is not None else seq for seq, seed in zip(ids, seeds)]
         length = max(len(seq) for seq in ids)

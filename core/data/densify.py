@@ -40,7 +40,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from core.config import Section
 from core.errors import UserError
-from core.train import resolve_device
+from core.runtime import PRECISION_DTYPES, resolve_device, resolve_precision
 
 __all__ = ["DensifyConfig", "DensifyStats", "densify"]
 
@@ -51,7 +51,6 @@ FALLBACK_TEMPLATE = "USER: {image}\n{prompt} ASSISTANT:"
 # Settings that decide a caption: a file's lines must agree on them, so a resumed run cannot
 # mix captions made with different settings into one file.
 SAMPLING_KEYS = ("prompt", "top_p", "temperature", "max_new_tokens", "seed")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 ImageLike = Image.Image | np.ndarray
 Progress = Callable[[int, int | None], None]
@@ -248,19 +247,13 @@ def _batch_seed(seed: int, image_ids: list[str]) -> int:
     return int.from_bytes(digest[:8], "little") % 2**63
 
 
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" else "fp32"
-    return DTYPES[name]
-
-
 class _Captioner:
     """A loaded processor + model that turns a batch of images into captions."""
 
     def __init__(self, folder: Path, cfg: DensifyConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device, option="densify device")
-        self.dtype = _resolve_dtype(cfg.dtype, self.device)
+        self.dtype = PRECISION_DTYPES[resolve_precision(cfg.dtype, self.device)]
         try:
             self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
             model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True, dtype=self.dtype)

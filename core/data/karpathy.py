@@ -16,11 +16,11 @@ from pathlib import Path
 
 from core.config import DataConfig
 from core.data._dense import RealSplit
-from core.data._real import build_real, image_root
+from core.data._real import build_real, image_root, real_cache_params
 from core.data.cache import Split
 from core.errors import UserError
 
-__all__ = ["SPLIT_OF", "build", "read"]
+__all__ = ["SPLIT_OF", "build", "cache_params", "read"]
 
 SPLIT_OF = {"train": "train", "restval": "train", "val": "val", "test": "test"}  # JSON split -> ours
 EXAMPLES = 5
@@ -34,10 +34,20 @@ def build(data: DataConfig, cache_dir: Path) -> dict[str, Split]:
             ``skip_missing_dense``, ``image_size``, ``cache_margin``, ``num_workers``.
         cache_dir: parent folder of the data caches.
     """
+    path = _annotations(data)
+    return build_real(data, cache_dir, cache_params(data), lambda: read(path, image_root(data)))
+
+
+def cache_params(data: DataConfig) -> dict:
+    """What decides the splits' content (files' sizes and times; nothing is read)."""
+    return real_cache_params(data, [_annotations(data)])
+
+
+def _annotations(data: DataConfig) -> Path:
     path = Path(data.annotations)
     if not path.is_file():
         raise UserError(f"data.annotations={data.annotations}: file not found (a dataset_*.json of the Karpathy splits)")
-    return build_real(data, cache_dir, [path], lambda: read(path, image_root(data)))
+    return path
 
 
 def read(path: Path, root: Path) -> dict[str, RealSplit]:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from core.config import DataConfig
 from core.data._dense import RealSplit
-from core.data._real import build_real, image_root
+from core.data._real import build_real, image_root, real_cache_params
 from core.data.cache import Split
 from core.errors import UserError
 
-__all__ = ["SPLIT_FILES", "build", "read", "split_file_names"]
+__all__ = ["SPLIT_FILES", "build", "cache_params", "read", "split_file_names"]
 
 SPLIT_FILES = {"train": ("train",), "val": ("dev",), "test": ("testall", "test")}  # first present wins
 MAPPING = "id_mapping.json"
@@ -36,12 +36,22 @@ def build(data: DataConfig, cache_dir: Path) -> dict[str, Split]:
             ``dense_captions``, ``skip_missing_dense``, ``image_size``, ``cache_margin``, ``num_workers``.
         cache_dir: parent folder of the data caches.
     """
+    folder, names = _files(data)
+    return build_real(data, cache_dir, cache_params(data), lambda: read(folder, names, image_root(data)))
+
+
+def cache_params(data: DataConfig) -> dict:
+    """What decides the splits' content (files' sizes and times; nothing is read)."""
+    folder, names = _files(data)
+    inputs = [folder / MAPPING] + [folder / f"{n}_{kind}.txt" for n in names.values() for kind in ("caps", "ids")]
+    return real_cache_params(data, inputs)
+
+
+def _files(data: DataConfig) -> tuple[Path, dict[str, str]]:
     folder = Path(data.annotations)
     if not folder.is_dir():
         raise UserError(f"data.annotations={data.annotations}: not a folder (the LAPS layout: {{split}}_caps.txt, ...)")
-    names = split_file_names(folder)
-    inputs = [folder / MAPPING] + [folder / f"{n}_{kind}.txt" for n in names.values() for kind in ("caps", "ids")]
-    return build_real(data, cache_dir, inputs, lambda: read(folder, names, image_root(data)))
+    return folder, split_file_names(folder)
 
 
 def split_file_names(folder: Path) -> dict[str, str]:

@@ -46,6 +46,7 @@ __all__ = [
     "Scene",
     "SceneRecord",
     "build",
+    "cache_params",
     "make_record",
     "records",
     "render",
@@ -133,12 +134,16 @@ def build(data: DataConfig, cache_dir: Path) -> dict[str, Split]:
         data: the data section; reads ``synthscenes``, ``image_size`` and ``cache_margin``.
         cache_dir: parent folder of the data caches.
     """
-    cfg, side = data.synthscenes, cache_side(data)
+    root = materialize(cache_dir, "synthscenes", cache_params(data), lambda folder: _write(data.synthscenes, cache_side(data), folder))
+    return open_splits(root)
+
+
+def cache_params(data: DataConfig) -> dict:
+    """What decides the splits' content: the generator's version and settings, the cached side."""
+    cfg = data.synthscenes
     if cfg.max_objects > len(ROWS) * len(COLUMNS):
         raise UserError(f"data.synthscenes.max_objects={cfg.max_objects}: the 3 x 3 grid holds at most 9 objects")
-    params = {"version": VERSION, "synthscenes": cfg.model_dump(mode="json"), "side": side}
-    root = materialize(cache_dir, "synthscenes", params, lambda folder: _write(cfg, side, folder))
-    return open_splits(root)
+    return {"version": VERSION, "synthscenes": cfg.model_dump(mode="json"), "side": cache_side(data)}
 
 
 def _write(cfg: SynthScenesConfig, side: int, folder: Path) -> None:
