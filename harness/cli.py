@@ -42,6 +42,14 @@ def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(workdir)
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; anything else is a UserError naming the option."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+
+
 def _friendly_errors(command):
     """Print bad-input errors without a traceback and exit 1."""
 
@@ -70,6 +78,7 @@ def run(
     devices: Annotated[Optional[str], typer.Option(help="Comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")] = None,
     retry_failed: Annotated[bool, typer.Option(help="Re-run the (arm, seed) runs that failed before")] = False,
     quiet: Annotated[bool, typer.Option(help="Log lines instead of progress bars (the default when not on a terminal)")] = False,
+    seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds replacing the study's (e.g. 0,1,2)")] = None,
 ):
     """Expand a study into runs, share and cache stages, execute, and track them in MLflow."""
     from harness import console as ui
@@ -77,8 +86,9 @@ def run(
     from harness.plan import stage_status
 
     workdir = resolve_workdir(workdir)
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     if dry_run:
-        _, plan, tasks = plan_study(study, tuple(set_))
+        _, plan, tasks = plan_study(study, tuple(set_), seed_list)
         ui.print_plan(plan, tasks, stage_status(plan, workdir))
         return
     device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
@@ -94,6 +104,7 @@ def run(
             devices=device_list,
             retry_failed=retry_failed,
             reporter=reporter,
+            seeds=seed_list,
         )
     ui.print_summary(result)
     if result.failed:
@@ -147,6 +158,7 @@ def report(
     standalone: Annotated[bool, typer.Option(help="Wrap table.tex in a document that compiles with pdflatex")] = False,
     metric: Annotated[Optional[str], typer.Option(help="Metric of the ablation plot (default: the study's first)")] = None,
     out: Annotated[Path, typer.Option(help="Output folder; each study writes OUT/<study>/")] = Path("reports"),
+    detect: Annotated[Optional[float], typer.Option(min=0.0, help="An rSum difference to plan for: the power lines say how many seeds it needs")] = None,
     workdir: Workdir = None,
     tracking_uri: TrackingUri = None,
 ):
@@ -154,7 +166,7 @@ def report(
     from harness.report import build_report
 
     uri = resolve_tracking_uri(tracking_uri, resolve_workdir(workdir))
-    for path in build_report(uri, studies or None, out, latex=latex, standalone=standalone, metric=metric):
+    for path in build_report(uri, studies or None, out, latex=latex, standalone=standalone, metric=metric, detect=detect):
         console.print(f"wrote {path}")
 
 

@@ -98,9 +98,12 @@ class Reporter:
 
 
 # ------------------------------------------------------------------------------------ planning
-def plan_study(path: Path, overrides: tuple[str, ...] = ()) -> tuple[Study, Plan, list[Task]]:
-    """Load, validate and plan a study, and group its stages into tasks (no side effects)."""
-    study = load_study(path)
+def plan_study(
+    path: Path, overrides: tuple[str, ...] = (), seeds: tuple[int, ...] | None = None
+) -> tuple[Study, Plan, list[Task]]:
+    """Load, validate and plan a study (``seeds`` replacing the file's), and group its stages
+    into tasks (no side effects)."""
+    study = load_study(path, seeds)
     plan = make_plan(study, overrides)
     return study, plan, plan_tasks(plan)
 
@@ -156,6 +159,7 @@ def run_study(
     devices: tuple[str, ...] = (),
     retry_failed: bool = False,
     reporter: Reporter | None = None,
+    seeds: tuple[int, ...] | None = None,
 ) -> StudyResult:
     """Run a study: plan, lock, execute tasks (cached ones replayed), track everything.
 
@@ -169,9 +173,10 @@ def run_study(
         retry_failed: re-run the (arm, seed) runs whose last attempt FAILED; without it they are
             reported as failed again without running.
         reporter: progress sink.
+        seeds: replace the study file's seeds (``--seeds``).
     """
     reporter = reporter or Reporter()
-    study, plan, tasks = plan_study(path, overrides)
+    study, plan, tasks = plan_study(path, overrides, seeds)
     workdir = Path(workdir)
     with study_lock(workdir, study.name):
         init_store(tracking_uri)  # schema created once, before any worker starts
@@ -205,7 +210,11 @@ class TaskContext:
 
 def _log_study(tracker: Tracker, parent: str, study: Study, path: Path, plan: Plan) -> None:
     arms = list(dict.fromkeys(run.arm.label for run in plan.runs))
-    tracker.set_tags(parent, {names.TAG_ARM_ORDER: json.dumps(arms), names.TAG_BASELINE: study.baseline or arms[0]})
+    tracker.set_tags(parent, {
+        names.TAG_ARM_ORDER: json.dumps(arms),
+        names.TAG_BASELINE: study.baseline or arms[0],
+        names.TAG_SEEDS: json.dumps(list(study.seeds)),  # --seeds may differ from the file's
+    })
     tracker.log_artifact_text(parent, names.ARTIFACT_STUDY, Path(path).read_text())
 
 

@@ -180,12 +180,13 @@ class Arm:
     values: dict[str, Any] = field(hash=False)
 
 
-def load_study(path: str | os.PathLike) -> Study:
+def load_study(path: str | os.PathLike, seeds: Sequence[int] | None = None) -> Study:
     """Read and validate a study file (safe YAML).
 
     Args:
         path: the study's YAML file. A relative ``setting`` path inside it is taken relative to
             the file's folder.
+        seeds: replace the file's ``seeds`` (``harness run --seeds``), validated like them.
 
     Raises:
         UserError: naming the file, each bad key path and its problem (a typo gets the closest
@@ -199,6 +200,8 @@ def load_study(path: str | os.PathLike) -> Study:
     setting = raw.get("setting")
     if isinstance(setting, str) and Path(setting).suffix in (".yaml", ".yml") and not Path(setting).is_absolute():
         raw["setting"] = str(path.parent / setting)
+    if seeds is not None:
+        raw["seeds"] = list(seeds)
     try:
         study = Study.model_validate(raw)
     except ValidationError as err:

@@ -73,3 +73,17 @@ def test_densify_without_a_local_model_says_what_to_pass(tmp_path):
     )
     assert result.exit_code == 1
     assert "llava-hf/llava-1.5-13b-hf" in result.output and "Traceback" not in result.output
+
+
+def test_seeds_option_replaces_the_studys_seeds_in_the_plan(tmp_path):
+    study = Path(__file__).parents[1] / "studies" / "decoder_depth.yaml"
+    result = runner.invoke(app, ["run", str(study), "--dry-run", "--seeds", "0,1,2", "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "12 (arm, seed) runs, 3 pre-trainings" in result.output
+
+
+def test_bad_seeds_option_is_a_one_line_error(tmp_path):
+    study = Path(__file__).parents[1] / "studies" / "decoder_depth.yaml"
+    for bad, message in (("0,x", "comma-separated integers"), ("1,1", "seeds repeat")):
+        result = runner.invoke(app, ["run", str(study), "--dry-run", "--seeds", bad, "--workdir", str(tmp_path)])
+        assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output

@@ -82,3 +82,24 @@ def test_config_is_frozen_and_flattens_to_dotted_keys():
 @pytest.mark.parametrize("name", sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml")))
 def test_every_named_setting_resolves(name):
     assert isinstance(resolve(name), Config)
+
+
+@pytest.mark.parametrize("setting", ["flickr30k-vit224", "flickr30k-swin224", "coco-vit224"])
+def test_paper_scale_settings_use_the_released_size_augmentation_crops_and_dense_length(setting):
+    config = resolve(setting)
+    assert (config.model.image.drop_patches, config.model.image.drop_patches_prob) == (0.2, 0.8)
+    assert config.data.crop_scale == (0.6, 1.0)  # a share of each side, as the released sampling
+    assert config.model.text.dense_max_length >= 180  # the longest LLaVA caption of Flickr30K test
+    assert config.data.captions_per_image == 5
+
+
+def test_the_stage_ablation_distils_from_a_pretrained_text_encoder_on_the_embedded_default():
+    """Without pre-training, 'align + distill' distils from the initial model: on cpu-small-minilm
+    its text encoder is the real all-MiniLM-L6-v2, as BERT-base is at paper scale."""
+    from harness.study import load_study
+
+    study = load_study(SETTINGS_DIR.parent / "stages.yaml")
+    config = resolve(study.setting)
+    assert config.model.text.backbone == "all-MiniLM-L6-v2" and config.model.text.pretrained
+    assert config.model.text.config_overrides == {}
+    assert "all-MiniLM-L6-v2" in study.description

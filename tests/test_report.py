@@ -217,6 +217,14 @@ def test_a_store_without_the_study_file_still_reports_from_the_runs(report_store
     assert report.notes[0] in to_markdown(report)
 
 
+def test_seeds_a_run_asked_for_with_the_seeds_option_count_as_the_studys(report_store):  # noqa: F811
+    stored = stored_studies(report_store.uri, [DEPTH_STUDY])[0]
+    frame = runs_frame(report_store.uri, [DEPTH_STUDY])
+    asked = dataclasses.replace(stored, seeds=(0, 1, 2, 3))  # `harness run --seeds 0,1,2,3`
+    report = study_report(study_view(asked, frame), frame, {})
+    assert ("depth=0", 3, "MISSING") in {(p.arm, p.seed, p.status) for p in report.problems}
+
+
 # --------------------------------------------------------------------------------- LaTeX
 def latex_rows(tex: str) -> dict[str, list[str]]:
     """Data rows of the tabular: label -> cells (after the label)."""
@@ -322,7 +330,7 @@ def test_bootstrap_interval_excludes_zero_when_one_arm_is_better_by_construction
 
 def test_bootstrap_interval_contains_zero_for_two_identical_arms():
     same = {0: ranks_of(1.0, 0)}
-    assert paired_bootstrap_rsum(same, same) == Delta(0.0, 0.0, 0.0, (0,))
+    assert paired_bootstrap_rsum(same, same) == Delta(0.0, 0.0, 0.0, (0,), 0.0)
     # Same distribution, independent queries' draws: noise only.
     twin = {0: ranks_of(1.0, 0, salt=7)}
     delta = paired_bootstrap_rsum(twin, same, n_resamples=1000, seed=0)
@@ -477,3 +485,45 @@ def _view(arms: tuple[str, ...]):
         name="s", description="", parent_run_id="p", arms=arms, baseline=arms[0], seeds=(0,), arm_values={},
         vary=(), explicit_arms=True, reference={}, reference_source=None, spec=ReportSpec(),
     )
+
+
+# ---------------------------------------------------------------------------------- power
+def test_detectable_difference_shrinks_with_seeds_down_to_the_test_sets_own_noise():
+    from scipy import stats
+
+    from harness.report._power import detectable
+
+    bounds = [detectable(n, seed_sd=4.0, test_se=1.0) for n in (2, 3, 5, 10, 100)]
+    assert bounds == sorted(bounds, reverse=True)
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)  # 2.80
+    assert detectable(1, None, 2.0) == pytest.approx(z * 2.0)  # one seed: the test noise only
+    three = (stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * np.sqrt(16 / 3 + 1)
+    assert detectable(3, 4.0, 1.0) == pytest.approx(three)
+    assert detectable(1000, 4.0, 1.0) > z * 1.0  # seeds never remove the test set's noise
+
+
+def test_seeds_for_a_target_are_the_fewest_whose_detectable_bound_meets_it():
+    from harness.report._power import detectable, power
+
+    line = power([1.0, 5.0, 3.0], test_se=0.5, target=4.0)
+    assert line.n == 3 and line.seed_sd == pytest.approx(2.0)
+    k = line.seeds_for_target
+    assert detectable(k, 2.0, 0.5) <= 4.0 < detectable(k - 1, 2.0, 0.5)
+    assert power([1.0, 5.0, 3.0], test_se=3.0, target=4.0).seeds_for_target is None  # the test noise alone is more
+    assert power([2.0], test_se=1.0, target=4.0).seed_sd is None  # one seed: the seed noise is unknown
+
+
+def test_markdown_and_csv_state_each_comparisons_power_line(report_store):  # noqa: F811
+    (report,) = load_reports(report_store.uri, [DEPTH_STUDY], detect=5.0)
+    md = to_markdown(report)
+    assert "**Power** (80% power, two-sided 5% level; `--detect 5`):" in md
+    line = next(line for line in md.splitlines() if line.startswith("- depth=2 vs depth=0: Δ"))
+    p = report.power["depth=2"]
+    assert f"seed sd {p.seed_sd:.1f} over 3 seeds" in line and f"detectable at n = 3: {p.detectable:.1f}" in line
+    assert "a difference of 5" in line
+    table = pd.read_csv(io.StringIO(to_csv(report))).set_index("arm")
+    assert table.at["depth=2", "rsum_detectable"] == pytest.approx(p.detectable)
+    assert table.at["depth=2", "rsum_seed_sd"] == pytest.approx(p.seed_sd)
+    values = report.values[(report.values["metric"] == "rsum")].set_index(["arm", "seed"])["value"]
+    differences = [values[("depth=2", s)] - values[("depth=0", s)] for s in (0, 1, 2)]
+    assert p.seed_sd == pytest.approx(np.std(differences, ddof=1))

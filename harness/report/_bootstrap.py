@@ -38,12 +38,14 @@ class Delta:
         low: the interval's lower end.
         high: the interval's upper end.
         seeds: the seeds used (shared ones, else every seed of either arm).
+        se: the bootstrap standard error of the difference (test-query noise).
     """
 
     estimate: float
     low: float
     high: float
     seeds: tuple[int, ...]
+    se: float
 
     @property
     def contains_zero(self) -> bool:
@@ -102,7 +104,8 @@ def paired_bootstrap_rsum(
         samples += _resampled_means(diff, n_resamples, rng)
     tail = (1.0 - level) / 2
     low, high = np.quantile(samples, [tail, 1.0 - tail])
-    return Delta(float(estimate), float(low), float(high), tuple(sorted(set(seeds_a) | set(seeds_b))))
+    seeds = tuple(sorted(set(seeds_a) | set(seeds_b)))
+    return Delta(float(estimate), float(low), float(high), seeds, float(samples.std(ddof=1)))
 
 
 def _mean_scores(runs: list[Ranks]) -> dict[str, np.ndarray]:

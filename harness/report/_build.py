@@ -36,6 +36,7 @@ def load_reports(
     metric: str | None = None,
     n_resamples: int = N_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
+    detect: float | None = None,
 ) -> list[StudyReport]:
     """Each study's report, from the tracking store alone.
 
@@ -46,6 +47,7 @@ def load_reports(
             each study's first report metric.
         n_resamples: bootstrap resamples per delta interval.
         seed: seeds the bootstrap.
+        detect: an rSum difference to plan for (the power lines give the seeds it needs).
 
     Raises:
         UserError: no store, no study, an unknown study (the message lists those in the store)
@@ -63,7 +65,7 @@ def load_reports(
         # Ranks are only read when there is a baseline to compare with.
         finished = picked.loc[picked["status"] == FINISHED, "run_id"] if view.baseline else []
         ranks = {run_id: load_ranks(tracking_uri, run_id) for run_id in finished}
-        reports.append(study_report(view, rows, ranks, metric, n_resamples, seed=seed))
+        reports.append(study_report(view, rows, ranks, metric, n_resamples, seed=seed, detect=detect))
     return reports
 
 
@@ -75,6 +77,7 @@ def build_report(
     standalone: bool = False,
     metric: str | None = None,
     log_to_store: bool = True,
+    detect: float | None = None,
 ) -> list[Path]:
     """Write each study's tables and figures to ``out_dir/<study>/`` and log the figures on
     the study's parent run (artifact folder ``figures``). A name that is a sweep gets the sweep's
@@ -93,6 +96,7 @@ def build_report(
             (implies ``latex``).
         metric: the metric plotted; None: each study's first report metric.
         log_to_store: log the figures on the parent runs (so they show in the MLflow UI).
+        detect: an rSum difference to plan for: each power line says how many seeds it needs.
 
     Returns:
         The files written, per study in the order above.
@@ -106,7 +110,7 @@ def build_report(
     plain = [name for name in asked if name not in sweeps]
     written = []
     if plain or not sweeps:  # nothing at all in the store: load_reports says so
-        written += _write_studies(tracking_uri, plain or None, out_dir, latex, standalone, metric, log_to_store)
+        written += _write_studies(tracking_uri, plain or None, out_dir, latex, standalone, metric, log_to_store, detect)
     for name in sweeps:
         written += write_sweep_report(tracking_uri, name, out_dir, latex, standalone, log_to_store)
     return written
@@ -170,9 +174,9 @@ def write_sweep_report(
     return written + images
 
 
-def _write_studies(tracking_uri, studies, out_dir, latex, standalone, metric, log_to_store) -> list[Path]:
+def _write_studies(tracking_uri, studies, out_dir, latex, standalone, metric, log_to_store, detect) -> list[Path]:
     written = []
-    for report in load_reports(tracking_uri, studies, metric):
+    for report in load_reports(tracking_uri, studies, metric, detect=detect):
         folder = Path(out_dir) / report.view.name
         folder.mkdir(parents=True, exist_ok=True)
         shown = metric or report.view.spec.metrics[0]

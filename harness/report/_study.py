@@ -97,7 +97,7 @@ def study_view(stored: StoredStudy, frame: pd.DataFrame) -> StudyView:
         parent_run_id=stored.parent_run_id,
         arms=tuple(dict.fromkeys([*order, *seen_arms])),
         baseline=stored.baseline or study.baseline,
-        seeds=study.seeds,
+        seeds=stored.seeds or study.seeds,  # `harness run --seeds` overrides the file's
         arm_values={arm.label: dict(arm.values) for arm in arms},
         vary=tuple(study.vary),
         explicit_arms=bool(study.arms),

@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness.report._bootstrap import Delta, Ranks, paired_bootstrap_rsum
 from harness.report._labels import lower_is_better
+from harness.report._power import Power, power
 from harness.report._study import StudyView
 from harness.tracking import names
 
@@ -72,6 +73,8 @@ class StudyReport:
         values: per-seed values of the chosen runs: arm, seed, run_id, metric, value.
         history: per-epoch validation values of the chosen runs: arm, seed, metric, epoch, value.
         deltas: rSum delta vs the baseline per arm (the baseline has none).
+        power: per arm with a delta, what the comparison can detect (:mod:`._power`).
+        detect: the difference the power lines plan for (``--detect``), or None.
         problems: runs missing from the table or incomplete.
         notes: other things the reader should know (missing ranks, no study file, ...).
         n_resamples: bootstrap resamples behind each interval.
@@ -85,6 +88,8 @@ class StudyReport:
     values: pd.DataFrame
     history: pd.DataFrame
     deltas: Mapping[str, Delta] = field(default_factory=dict)
+    power: Mapping[str, Power] = field(default_factory=dict)
+    detect: float | None = None
     problems: tuple[Problem, ...] = ()
     notes: tuple[str, ...] = ()
     n_resamples: int = 1000
@@ -178,6 +183,7 @@ def study_report(
     n_resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    detect: float | None = None,
 ) -> StudyReport:
     """Assemble one study's report from its runs.
 
@@ -191,6 +197,7 @@ def study_report(
         n_resamples: bootstrap resamples.
         level: the intervals' coverage.
         seed: seeds the bootstrap.
+        detect: an rSum difference to plan for: each power line says how many seeds it needs.
     """
     split = view.spec.split
     picked = pick_runs(frame, view)
@@ -211,6 +218,8 @@ def study_report(
         values=values,
         history=history,
         deltas=deltas,
+        power=_power(view.baseline, deltas, values, detect),
+        detect=detect,
         problems=problems,
         notes=(*view.notes, *notes),
         n_resamples=n_resamples,
@@ -256,6 +265,18 @@ def _deltas(
         except ValueError as err:  # different test sets: say so instead of a meaningless number
             notes.append(f"no delta for {arm}: {err}")
     return deltas, tuple(notes)
+
+
+def _power(baseline: str | None, deltas: Mapping[str, Delta], values: pd.DataFrame, detect: float | None) -> dict[str, Power]:
+    """Each delta's power line, from the per-seed rSum differences on the seeds it paired."""
+    rsum = values[values["metric"] == "rsum"].groupby(["arm", "seed"])["value"].mean()
+    lines = {}
+    for arm, delta in deltas.items():
+        differences = [
+            rsum[(arm, s)] - rsum[(baseline, s)] for s in delta.seeds if (arm, s) in rsum.index and (baseline, s) in rsum.index
+        ]
+        lines[arm] = power(differences if len(differences) >= 2 else [delta.estimate], delta.se, detect)
+    return lines
 
 
 def _run_problems(picked: pd.DataFrame, values: pd.DataFrame, split: str) -> list[Problem]:

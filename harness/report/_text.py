@@ -9,9 +9,10 @@ import pandas as pd
 
 from harness.report._format import Markup, caption_sentences, delta_cell, rows
 from harness.report._labels import metric_label
+from harness.report._power import MAX_SEEDS, Power, detectable
 from harness.report._summary import StudyReport
 
-__all__ = ["markdown_escape", "to_markdown", "to_csv"]
+__all__ = ["markdown_escape", "to_markdown", "to_csv", "power_lines"]
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~^])")
 
@@ -65,6 +66,9 @@ def to_markdown(report: StudyReport) -> str:
             line.append(delta_cell(row, report.view.baseline, MARKUP))
         lines.append(_line(line))
     out = [f"### {markdown_escape(report.view.name)}", "", *lines, "", " ".join(caption_sentences(report, MARKUP))]
+    if report.power:
+        target = f"; `--detect {report.detect:g}`" if report.detect is not None else ""
+        out += ["", f"**Power** (80% power, two-sided 5% level{target}):", "", *(f"- {line}" for line in power_lines(report))]
     if report.problems:
         out += ["", "**Not in the table:**", "", *(f"- {markdown_escape(p.describe())}" for p in report.problems)]
     if report.notes:
@@ -92,12 +96,51 @@ def to_csv(report: StudyReport) -> str:
             "rsum_delta_low": delta.low if delta else None,
             "rsum_delta_high": delta.high if delta else None,
             "rsum_delta_contains_zero": delta.contains_zero if delta else None,
+            **_power_record(report.power.get(row.arm) if not row.reference else None),
             "baseline": row.arm == report.view.baseline and not row.reference,
         }
         records.append(record)
     buffer = io.StringIO()
     pd.DataFrame(records).to_csv(buffer, index=False)
     return buffer.getvalue()
+
+
+def power_lines(report: StudyReport) -> list[str]:
+    """One sentence per comparison: the difference and its interval, the seed-to-seed sd, the
+    smallest detectable difference at this n, and the seeds a ``--detect`` difference needs."""
+    lines = []
+    for arm, p in report.power.items():
+        delta = report.deltas[arm]
+        spread = f"seed sd {p.seed_sd:.1f} over {p.n} seeds" if p.seed_sd is not None else "seed sd unknown (1 seed)"
+        noise = "" if p.seed_sd is not None else " (test noise only)"
+        line = (
+            f"{markdown_escape(arm)} vs {markdown_escape(report.view.baseline or '')}: Δ {delta.estimate:+.1f} "
+            f"[{delta.low:+.1f}, {delta.high:+.1f}]; {spread}; test se {p.test_se:.1f}; "
+            f"detectable at n = {p.n}: {p.detectable:.1f}{noise}"
+        )
+        lines.append(line + _needed(p) + ".")
+    return lines
+
+
+def _needed(p: Power) -> str:
+    if p.target is None:
+        return ""
+    if p.seed_sd is None:
+        return f"; for a difference of {p.target:g}, run at least 2 seeds to measure the seed noise"
+    if p.seeds_for_target is None:
+        floor = detectable(MAX_SEEDS, 0.0, p.test_se)
+        return f"; a difference of {p.target:g} is out of reach: the test set alone allows no less than {floor:.1f}"
+    return f"; a difference of {p.target:g} needs {p.seeds_for_target} seeds"
+
+
+def _power_record(p: Power | None) -> dict:
+    return {
+        "rsum_seed_sd": p.seed_sd if p else None,
+        "rsum_test_se": p.test_se if p else None,
+        "rsum_detectable": p.detectable if p else None,
+        "detect": p.target if p else None,
+        "seeds_for_detect": p.seeds_for_target if p else None,
+    }
 
 
 def _line(cells: list[str]) -> str:

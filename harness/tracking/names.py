@@ -5,7 +5,7 @@ __all__ = [
     "TAG_GIT_COMMIT", "TAG_GIT_DIRTY", "TAG_PARENT_RUN_ID", "METRICS", "train_metric", "val_metric",
     "test_metric", "TRAIN_LOSS", "LR", "PAIRS_PER_S",
     "ARTIFACT_CONFIG", "ARTIFACT_RANKS", "ARTIFACT_TRACEBACK", "ARTIFACT_GIT_DIFF",
-    "STAGE_STUDY", "STAGE_PRETRAIN", "TAG_ARM_ORDER", "TAG_BASELINE", "ARTIFACT_STUDY", "ARTIFACT_FIGURES",
+    "STAGE_STUDY", "STAGE_PRETRAIN", "TAG_ARM_ORDER", "TAG_BASELINE", "TAG_SEEDS", "ARTIFACT_STUDY", "ARTIFACT_FIGURES",
     "STAGE_SWEEP", "TAG_TRIAL", "TAG_TRIAL_STATE", "TAG_TRIAL_PARAMS", "TAG_TRIAL_VALUE", "TAG_REQUEUE_OF",
     "TRIAL_STATES", "TAG_OBJECTIVE", "TAG_DIRECTION", "TAG_SAMPLER", "TAG_PRUNER", "TAG_STORAGE",
     "TAG_BEST_PARAMS", "TAG_BEST_TRIAL", "BEST_VALUE", "ARTIFACT_SWEEP", "trial_label",
@@ -25,6 +25,7 @@ STAGE_PRETRAIN = "pretrain"  # harness.stage of a shared pre-training run
 # On the parent run, so that `harness report` needs nothing but the store:
 TAG_ARM_ORDER = "harness.arm_order"  # JSON list of arm labels, in the study's order
 TAG_BASELINE = "harness.baseline"  # the arm the others are compared with
+TAG_SEEDS = "harness.seeds"  # JSON list: the seeds the last `harness run` asked for (--seeds or the file's)
 
 # Retrieval metric keys, recalls in percent (core.metrics spells them the same way).
 METRICS = (

@@ -62,6 +62,8 @@ class StoredStudy:
         arm_order: arm labels in the study's order (``harness.arm_order``); empty when untagged.
         baseline: the baseline arm (``harness.baseline``), or None when untagged.
         study_yaml: the study file's text (artifact ``study.yaml``), or None when absent.
+        seeds: the seeds the last run asked for (``harness.seeds``; ``--seeds`` overrides the
+            file's); empty when untagged.
     """
 
     name: str
@@ -69,6 +71,7 @@ class StoredStudy:
     arm_order: tuple[str, ...]
     baseline: str | None
     study_yaml: str | None
+    seeds: tuple[int, ...] = ()
 
 
 def stored_studies(uri: str, studies: Sequence[str] | None = None) -> list[StoredStudy]:
@@ -210,6 +213,7 @@ def _stored_study(client: MlflowClient, name: str, parent) -> StoredStudy:
         arm_order=tuple(str(label) for label in order),
         baseline=tags.get(names.TAG_BASELINE),
         study_yaml=_artifact_text(client, parent.info.run_id, names.ARTIFACT_STUDY),
+        seeds=tuple(int(s) for s in json.loads(tags.get(names.TAG_SEEDS, "[]"))),
     )
 
 
