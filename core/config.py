@@ -49,13 +49,13 @@ class SynthScenesConfig(Section):
     """The embedded benchmark: rendered scenes of simple objects, generated from a seed."""
 
     seed: int = 0  # the dataset's own seed, independent of runtime.seed
-    num_train: int = Field(2000, ge=1)
-    num_val: int = Field(200, ge=1)
-    num_test: int = Field(200, ge=1)
-    image_size: int = Field(64, ge=16)
-    min_objects: int = Field(2, ge=1)
-    max_objects: int = Field(4, ge=1)
-    captions_per_image: int = Field(5, ge=1)
+    num_train: int = Field(2000, ge=1)  # images per split
+    num_val: int = Field(200, ge=1)  # images in the validation split (checkpoint selection)
+    num_test: int = Field(200, ge=1)  # images in the test split
+    image_size: int = Field(64, ge=16)  # rendered side in pixels
+    min_objects: int = Field(2, ge=1)  # objects per scene, on a 3 x 3 grid
+    max_objects: int = Field(4, ge=1)  # at most 9
+    captions_per_image: int = Field(5, ge=1)  # sparse captions per image
 
     @model_validator(mode="after")
     def _objects_range(self) -> SynthScenesConfig:
@@ -68,10 +68,10 @@ class TextAugmentConfig(Section):
     """Token-level caption augmentation of the released code: of the `prob` share of tokens
     touched, `mask` become [MASK], `random` a random token, the rest are deleted."""
 
-    enabled: bool = True
-    prob: float = Field(0.2, ge=0.0, le=1.0)
-    mask: float = Field(0.5, ge=0.0, le=1.0)
-    random: float = Field(0.1, ge=0.0, le=1.0)
+    enabled: bool = True  # train captions only
+    prob: float = Field(0.2, ge=0.0, le=1.0)  # share of tokens touched
+    mask: float = Field(0.5, ge=0.0, le=1.0)  # of those: share turned into [MASK]
+    random: float = Field(0.1, ge=0.0, le=1.0)  # of those: share replaced by a random token; the rest are deleted
 
     @model_validator(mode="after")
     def _shares(self) -> TextAugmentConfig:
@@ -81,7 +81,7 @@ class TextAugmentConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["synthscenes", "karpathy", "laps"] = "synthscenes"
+    source: Literal["synthscenes", "karpathy", "laps"] = "synthscenes"  # the data source (core.data.SOURCES)
     # karpathy: the dataset_{flickr30k,coco}.json file; laps: the folder of {split}_caps.txt etc.
     annotations: str | None = None
     image_root: str | None = None  # folder the image file names are relative to
@@ -98,7 +98,7 @@ class DataConfig(Section):
     # real data: evaluation splits (val, test) keep the first k sentences of each image, the VSE
     # protocol (Karpathy's COCO test has 25,010 sentences, the protocol 25,000); None keeps all
     captions_per_image: int | None = Field(5, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)  # DataLoader and decoding processes (0: in-process)
 
     @model_validator(mode="after")
     def _paths_for_real_data(self) -> DataConfig:
@@ -115,14 +115,14 @@ class ImageEncoderConfig(Section):
     backbone: str = "vit_base_patch16_224"  # any timm model name
     pretrained: str | None = None  # local weights file or folder; None = random init
     backbone_args: dict[str, Any] = {}  # extra timm.create_model kwargs (tiny test models)
-    pool: Pooling = "gpo"
+    pool: Pooling = "gpo"  # how token features become one embedding
     # the class/register tokens join the patch tokens in gpo/mean pooling (the released ViT path)
     pool_prefix_tokens: bool = False
     # train-time token dropping ("size augmentation"): with probability drop_patches_prob an image
     # drops each token with rate drop_patches * u, u ~ U(1 - drop_patches_prob, 1) (the released
     # ViT encoder: 0.2 and 0.8)
     drop_patches: float = Field(0.0, ge=0.0, lt=1.0)
-    drop_patches_prob: float = Field(1.0, ge=0.0, le=1.0)
+    drop_patches_prob: float = Field(1.0, ge=0.0, le=1.0)  # share of images that drop tokens (see drop_patches)
     lr_mult: float = 0.1  # backbone learning rate multiplier
 
 
@@ -135,7 +135,7 @@ class TextEncoderConfig(Section):
     # reach 180 BERT tokens
     dense_max_length: int = Field(256, ge=8)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)  # on backbone token features (released text path)
-    pool: Pooling = "gpo"
+    pool: Pooling = "gpo"  # how token features become one embedding
     lr_mult: float = 0.1  # backbone learning rate multiplier
 
 
@@ -143,10 +143,10 @@ class DecoderConfig(Section):
     """The sparse-branch decoder: sparse token features + learnable tokens -> residual embedding."""
 
     depth: int = Field(4, ge=0)  # 0 = no decoder: the plain VSE baseline
-    num_tokens: int = Field(100, ge=1)
-    heads: int = Field(4, ge=1)
-    mlp_ratio: float = Field(4.0, gt=0)
-    placement: Literal["prefix", "postfix", "surround"] = "surround"
+    num_tokens: int = Field(100, ge=1)  # learnable tokens
+    heads: int = Field(4, ge=1)  # attention heads (embed_dim must divide by it)
+    mlp_ratio: float = Field(4.0, gt=0)  # MLP width / embed_dim
+    placement: Literal["prefix", "postfix", "surround"] = "surround"  # learnable tokens before, after or around the words
     # sinusoidal positions over words + tokens; without them attention is order-blind, so
     # placement has no effect (False reproduces the released decoder)
     positions: bool = True
@@ -157,7 +157,7 @@ class DecoderConfig(Section):
 
 
 class ModelConfig(Section):
-    embed_dim: int = Field(512, ge=1)
+    embed_dim: int = Field(512, ge=1)  # the joint embedding size D
     image: ImageEncoderConfig = ImageEncoderConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
@@ -165,8 +165,10 @@ class ModelConfig(Section):
 
 # --------------------------------------------------------------------------------------- losses
 class AlignConfig(Section):
-    loss: Literal["triplet", "infonce"] = "triplet"
-    weight: float = 1.0
+    """Cross-modal alignment of images and their captions."""
+
+    loss: Literal["triplet", "infonce"] = "triplet"  # VSE++ hinge triplet or symmetric InfoNCE
+    weight: float = 1.0  # multiplies the loss
     margin: float = 0.2  # triplet
     hardest_after_epoch: int = Field(1, ge=0)  # triplet: all negatives before this epoch
     # the loss's weight ramps linearly from 0 over this many epochs (the released trainer: 1)
@@ -184,9 +186,9 @@ class AlignConfig(Section):
 class DistillConfig(Section):
     """Dense-to-sparse distillation: frozen dense-caption teacher -> sparse-caption student."""
 
-    enabled: bool = True
-    metric: Literal["cosine", "l2", "l1", "kl"] = "cosine"
-    weight: float = 1.0
+    enabled: bool = True  # fine-tuning distils the frozen dense teacher
+    metric: Literal["cosine", "l2", "l1", "kl"] = "cosine"  # docs/method.md: all four at one scale
+    weight: float = 1.0  # multiplies the loss
     temperature: float = Field(0.1, gt=0)  # kl: in-batch similarity distributions
 
 
@@ -197,9 +199,9 @@ class StructureConfig(Section):
     started (in fine-tuning: the pre-trained image encoder and the dense-caption text encoder);
     ``image_teacher`` / ``text_teacher`` name a dedicated frozen unimodal backbone instead."""
 
-    enabled: bool = False
-    metric: Literal["mae", "mse", "kl"] = "mae"
-    weight: float = 2.0
+    enabled: bool = False  # add the relational term in this stage
+    metric: Literal["mae", "mse", "kl"] = "mae"  # distance between student and target relations
+    weight: float = 2.0  # multiplies the loss (RVLR's relational weight)
     temperature: float = Field(0.1, gt=0)  # fixed: a learnable one lets the loss shrink itself
     mix_init: float = Field(0.5, ge=0.0, le=1.0)  # lambda: text vs image teacher relations
     learn_mix: bool = True  # lambda learnable, kept in [0, 1]
@@ -217,9 +219,9 @@ class StructureConfig(Section):
 
 # ------------------------------------------------------------------------------------ training
 class OptimConfig(Section):
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["step", "cosine", "constant"] = "step"
+    lr: float = Field(2e-4, gt=0)  # base learning rate (backbones: x lr_mult)
+    weight_decay: float = Field(1e-4, ge=0)  # AdamW weight decay
+    schedule: Literal["step", "cosine", "constant"] = "step"  # learning-rate schedule over the stage
     decay_epochs: list[int] = [9, 15, 20, 25]  # step schedule
     decay_factor: float = 0.3  # step schedule
     warmup_epochs: float = Field(0.0, ge=0)  # linear warm-up (fractional epochs allowed)
@@ -230,8 +232,8 @@ class OptimConfig(Section):
 
 
 class StageConfig(Section):
-    enabled: bool = True
-    epochs: int = Field(30, ge=0)
+    enabled: bool = True  # false skips the stage (the stage ablation)
+    epochs: int = Field(30, ge=0)  # 0: the initial model is the stage's output
     batch_size: int = Field(128, ge=2)  # global batch (split across processes)
     optim: OptimConfig = OptimConfig()
     align: AlignConfig = AlignConfig()
@@ -249,9 +251,9 @@ class FinetuneConfig(StageConfig):
 
 
 class EvalConfig(Section):
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1)  # images or captions embedded at once
     select_metric: SelectMetric = "rsum"  # validation metric that picks the checkpoint
-    every_epochs: int = Field(1, ge=1)
+    every_epochs: int = Field(1, ge=1)  # validate every this many epochs (and at the last)
     fold_size: int | None = None  # images per fold for k-fold test (COCO 1K: 1000)
 
 
@@ -259,9 +261,9 @@ class RuntimeConfig(Section):
     seed: int = 0  # drives python, numpy, torch and data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    tf32: bool = True
+    tf32: bool = True  # TF32 matmuls on CUDA
     fused_adamw: bool = True  # when the device supports it
-    log_every_steps: int = Field(50, ge=1)
+    log_every_steps: int = Field(50, ge=1)  # progress events (and finiteness checks) every this many steps
 
 
 class Config(Section):

@@ -61,11 +61,15 @@ class TextTeacher(nn.Module):
 
 
 class Teachers(nn.Module):
-    """The stage's frozen teachers; :meth:`forward` embeds a batch with each of them."""
+    """The stage's frozen teachers; :meth:`forward` embeds a batch with each of them, computing
+    only what the stage's losses read (an image forward costs as much as the student's)."""
 
-    def __init__(self, own: D2SVSE | None, image: ImageTeacher | None, text: TextTeacher | None):
+    def __init__(
+        self, own: D2SVSE | None, image: ImageTeacher | None, text: TextTeacher | None, own_image: bool = False
+    ):
         super().__init__()
         self.own, self.image, self.text = own, image, text
+        self.own_image = own_image  # the own copy is the structure loss's image teacher
         self.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> Teachers:
@@ -83,8 +87,9 @@ class Teachers(nn.Module):
         teacher_tokens = batch["dense"] if "dense" in batch else batch["text"]
         if self.own is not None:
             out["dense"] = self.own.embed_texts(teacher_tokens, decoder=False).float()
-            out["image_teacher"] = self.own.embed_images(images).float()
             out["text_teacher"] = out["dense"]
+        if self.own_image:
+            out["image_teacher"] = self.own.embed_images(images).float()
         if self.image is not None:
             out["image_teacher"] = self.image(images).float()
         if self.text is not None:
@@ -114,6 +119,7 @@ def build_teachers(model: D2SVSE, section: StageConfig) -> Teachers | None:
     if structure is not None and structure.text_teacher is not None:
         backbone, tokenizer = create_text_backbone(TextEncoderConfig(backbone=structure.text_teacher), "structure.text_teacher")
         text = TextTeacher(backbone, tokenizer, model.config.text.dense_max_length)
-    needs_own = distill_on or image is None or text is None
+    own_image = structure is not None and image is None
+    needs_own = distill_on or own_image or text is None
     own = copy.deepcopy(model) if needs_own else None
-    return Teachers(own, image, text).to(model.device)
+    return Teachers(own, image, text, own_image).to(model.device)

@@ -85,6 +85,7 @@ def run(
     from harness.execute import plan_study, run_study
     from harness.plan import stage_status
 
+    workdir_given = workdir is not None
     workdir = resolve_workdir(workdir)
     seed_list = parse_seeds(seeds) if seeds is not None else None
     if dry_run:
@@ -107,6 +108,8 @@ def run(
             seeds=seed_list,
         )
     ui.print_summary(result)
+    given = (f" --workdir {workdir}" if workdir_given else "") + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")
+    ui.print_next_steps(result.study.name, resolve_tracking_uri(tracking_uri, workdir), workdir, given)
     if result.failed:
         raise typer.Exit(1)
 
@@ -168,6 +171,32 @@ def report(
     uri = resolve_tracking_uri(tracking_uri, resolve_workdir(workdir))
     for path in build_report(uri, studies or None, out, latex=latex, standalone=standalone, metric=metric, detect=detect):
         console.print(f"wrote {path}")
+
+
+@app.command()
+@_friendly_errors
+def config(
+    prefix: Annotated[Optional[str], typer.Argument(help="Show only keys starting with this (e.g. model.decoder)")] = None,
+    markdown: Annotated[bool, typer.Option(help="Print docs/config.md (every key, as Markdown tables)")] = False,
+):
+    """The config keys with their types, defaults and descriptions, read from the config tree."""
+    from rich.table import Table
+
+    from harness.config_doc import config_keys, config_markdown
+
+    if markdown:
+        typer.echo(config_markdown(), nl=False)
+        return
+    keys = [k for k in config_keys() if prefix is None or k.key.startswith(prefix)]
+    if not keys:
+        raise UserError(f"no config key starts with '{prefix}'; sections: data, model, pretrain, finetune, eval, runtime")
+    table = Table()
+    table.add_column("key", no_wrap=True)  # keys are what users copy: never cut
+    for column in ("type", "default", "description"):
+        table.add_column(column)
+    for key in keys:
+        table.add_row(key.key, key.type, repr(key.default), key.description)
+    Console().print(table)
 
 
 @app.command()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -13,9 +15,10 @@ from rich.table import Table
 from harness.execute import Reporter, StudyResult, Task, TaskOutcome
 from harness.plan import Plan
 
-__all__ = ["print_plan", "print_summary", "ProgressReporter", "LogReporter"]
+__all__ = ["print_plan", "print_summary", "print_next_steps", "ProgressReporter", "LogReporter"]
 
-console = Console()
+# Off a terminal (a log file, CI, SLURM) rich would fold tables to 80 columns; a log has room.
+console = Console(width=None if sys.stdout.isatty() else 160)
 log = logging.getLogger("harness")
 
 
@@ -60,6 +63,22 @@ def print_summary(result: StudyResult) -> None:
     console.print(table)
     for outcome in result.failed:
         console.print(f"[red]FAILED[/] {outcome.task.label} seed {outcome.task.seed}: {outcome.error}", highlight=False)
+
+
+def print_next_steps(study: str, tracking_uri: str, workdir: Path, options: str = "") -> None:
+    """Where the results are and the two commands that show them.
+
+    Args:
+        study: the study's name.
+        tracking_uri: the store the runs are in.
+        workdir: the stage outputs' folder.
+        options: ``--workdir`` / ``--tracking-uri`` as given to ``harness run``, repeated in the
+            commands so they find the same store.
+    """
+    console.print(f"Runs: study '{study}' in the tracking store {tracking_uri}; checkpoints under {workdir / 'stages'}", highlight=False)
+    console.print("Next:", highlight=False)
+    console.print(f"  harness report {study} --latex{options}   # tables and plots -> reports/{study}/", highlight=False)
+    console.print(f"  harness ui{options}   # browse the runs in the MLflow UI", highlight=False)
 
 
 def _fmt(value: float | None) -> str:

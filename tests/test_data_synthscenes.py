@@ -150,3 +150,10 @@ def test_card_counts_ambiguity_on_scene_graphs_and_chance(tmp_path):
     assert result["chance_recall"]["i2t_r1"] == 5.0
     assert result["vocabulary"]["all"] >= result["vocabulary"]["sparse"] > 20
     assert result["words_per_caption"]["dense"]["mean"] > result["words_per_caption"]["sparse"]["mean"]
+
+
+def test_card_shows_a_dense_caption_identifies_its_image_far_better_than_a_sparse_one(tmp_path):
+    result = card(small(num_test=60), tmp_path)["test_ambiguity"]
+    dense, sparse = result["dense_t2i_ceiling"], result["t2i_ceiling"]
+    assert dense["t2i_r1"] > 95 and dense["t2i_r1"] > sparse["t2i_r1"] + 20
+    assert result["images_per_dense_caption"]["mean"] < result["images_per_caption"]["mean"]

@@ -80,6 +80,13 @@ def test_two_arms_two_seeds_share_pretraining_and_rerun_runs_nothing(tmp_path):
         assert run.data.params["model.decoder.depth"] in ("0", "1")
         assert {"test/rsum", "val/rsum", "train/loss", "train/align_loss", "lr", "train/pairs_per_s"} <= set(run.data.metrics)
 
+    # the summary ends by saying where the results are and what to run next, unfolded in a log
+    flat = " ".join(result.output.split())
+    assert f"Next: harness report two-by-two --latex --workdir {tmp_path / 'work'} --tracking-uri {uri}" in flat
+    assert f"harness ui --workdir {tmp_path / 'work'} --tracking-uri {uri}" in flat
+    summary = next(line for line in result.output.splitlines() if "depth=1" in line and "FINISHED" in line)
+    assert "finetune -> eval" in summary and summary.rstrip().endswith("s │")  # each row whole on its line
+
     again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert len(runs_of(uri, "two-by-two")) == len(runs)  # nothing new was tracked

@@ -89,3 +89,14 @@ def test_finetuning_with_named_structure_teachers_trains(tmp_path, splits):
     record = result.history[0]
     assert record["train/structure_loss"] > 0 and record["train/distill_loss"] > 0
     assert torch.isfinite(torch.tensor(record["train/loss"]))
+
+
+def test_teachers_embed_only_what_the_losses_read(splits):
+    """Dense distillation alone reads the dense embedding: no image forward through the teacher."""
+    config = resolve(TINY)
+    model = build_model(config)
+    batch = _batch(config, splits, model)
+    assert set(build_teachers(model, config.finetune)(batch, batch["image"])) == {"dense", "text_teacher"}
+    structure = resolve(TINY, ["finetune.structure.enabled=true"])
+    out = build_teachers(model, structure.finetune)(batch, batch["image"])
+    assert set(out) == {"dense", "text_teacher", "image_teacher"}

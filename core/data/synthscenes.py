@@ -462,6 +462,12 @@ def _chance_i2t(n_texts: int, per_image: int, k: int) -> float:
     return 1.0 - math.comb(n_texts - per_image, k) / math.comb(n_texts, k)
 
 
+def _ceiling(images_per_query: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """Text-to-image recall (percent) of a model that ranks first, in random order, the m images
+    a query is equally true of: the own image is in the top k with probability min(1, k / m)."""
+    return {f"t2i_r{k}": round(100 * float(np.minimum(1.0, k / images_per_query).mean()), 2) for k in ks}
+
+
 def card(data_cfg: DataConfig, cache_dir: Path) -> dict:
     """The dataset card's numbers, measured on the generated splits.
 
@@ -471,7 +477,8 @@ def card(data_cfg: DataConfig, cache_dir: Path) -> dict:
     Returns:
         sizes, vocabulary, caption lengths in words, objects per scene, the test split's
         ambiguity (sparse captions true of several test images, checked on the scene graphs) with
-        the text-to-image recall it leaves reachable, and the chance-level recall (percent).
+        the text-to-image recall it leaves reachable for sparse and for dense queries (how much
+        more a dense caption identifies its image), and the chance-level recall (percent).
     """
     cfg = data_cfg.synthscenes
     splits = build(data_cfg.model_copy(update={"source": "synthscenes"}), cache_dir)
@@ -487,6 +494,8 @@ def card(data_cfg: DataConfig, cache_dir: Path) -> dict:
     # true_of[j, i]: caption j is true of test image i
     true_of = np.array([[caption_is_true(m, s) for s in scenes] for m in meanings])
     per_caption = true_of.sum(axis=1)
+    dense_counts = Counter(rec.dense for rec in test_recs)
+    per_dense = np.array([dense_counts[rec.dense] for rec in test_recs])
     n_img, n_txt, ks = len(scenes), len(meanings), (1, 5, 10)
     return {
         "config": {**cfg.model_dump(mode="json"), "data.image_size": data_cfg.image_size, "cached_side": cache_side(data_cfg)},
@@ -511,7 +520,11 @@ def card(data_cfg: DataConfig, cache_dir: Path) -> dict:
             # of; ranking them first in random order finds the caption's own image in the top k
             # with probability min(1, k / m). (Image-to-text has no such ceiling: a model may rank
             # an image's most specific true captions, its own, first.)
-            "t2i_ceiling": {f"t2i_r{k}": round(100 * float(np.minimum(1.0, k / per_caption).mean()), 2) for k in ks},
+            "t2i_ceiling": _ceiling(per_caption, ks),
+            # The same ceiling for dense queries: a dense caption names every object, its cell and
+            # the background, so it is true only of scenes with the same dense caption.
+            "images_per_dense_caption": _stats(per_dense.tolist()),
+            "dense_t2i_ceiling": _ceiling(per_dense, ks),
         },
         "chance_recall": {
             **{f"i2t_r{k}": round(100 * _chance_i2t(n_txt, cfg.captions_per_image, k), 2) for k in ks},
