@@ -15,12 +15,14 @@ import torch
 from core.errors import UserError
 from harness.bench.overhead import bench_overhead
 from harness.bench.retrieval import bench_retrieval
+from harness.bench.sweep import bench_sweep
 
 __all__ = ["BENCHMARKS", "run_benchmarks"]
 
 BENCHMARKS: dict[str, Callable[..., dict]] = {
     "retrieval": bench_retrieval,  # target: >= 10x the per-query loop, well under 2 GB extra
     "overhead": bench_overhead,  # target: harness overhead < 5% of a run's wall time (CPU)
+    "sweep": bench_sweep,  # target: the median pruner trains <= 60% of the epochs, best value within noise
 }
 
 

@@ -7,9 +7,10 @@ workers on several machines join one study.
 Liveness: a worker that dies leaves its trial RUNNING. On an RDB storage each running trial sends
 Optuna's heartbeat; a trial silent for ``GRACE_S`` is failed by :func:`reap` and re-queued. The
 journal storage has no heartbeat, so ours is a lock: the worker holds an ``flock`` on
-``live/trial-<n>.lock`` for as long as the trial runs, and the kernel drops it the moment the
-process dies. A RUNNING trial older than ``CLAIM_S`` whose lock nobody holds is dead (the age rule
-covers the instant between taking a trial from the queue and locking it).
+``live/trial-<n>.lock`` for as long as the trial runs (and removes the file when it ends), and the
+kernel drops the lock the moment the process dies. A RUNNING trial whose lock file is there and
+free is dead; one with no lock file is dead once it is ``CLAIM_S`` old. Both rules wait ``MIN_AGE_S``,
+which covers the instant between taking a trial from the queue and locking it.
 
 Queue: a sweep with ``n_trials`` keeps exactly that many trials that count (every trial except a
 FAIL that a re-queued copy replaces): :func:`fill_slots` enqueues empty WAITING trials for the
@@ -37,7 +38,7 @@ from core.errors import UserError
 from harness._locks import flock, is_held
 
 __all__ = [
-    "JOURNAL", "HEARTBEAT_S", "GRACE_S", "CLAIM_S", "REQUEUE_OF", "ROOT", "FAIL_REASON", "TRACEBACK",
+    "JOURNAL", "HEARTBEAT_S", "GRACE_S", "CLAIM_S", "MIN_AGE_S", "REQUEUE_OF", "ROOT", "FAIL_REASON", "TRACEBACK",
     "sweep_dir", "open_storage", "safe_url", "claim", "reap", "requeue", "requeue_failed",
     "pop_waiting", "fill_slots", "Counts", "counts", "superseded",
 ]
@@ -45,7 +46,8 @@ __all__ = [
 JOURNAL = "journal.log"
 HEARTBEAT_S = 10  # RDB: seconds between a running trial's heartbeats
 GRACE_S = 60  # RDB: a trial silent this long is dead
-CLAIM_S = 30.0  # journal: a RUNNING trial this old with a free lock is dead
+CLAIM_S = 30.0  # journal: a RUNNING trial this old without a lock file is dead
+MIN_AGE_S = 5.0  # journal: no RUNNING trial younger than this is judged dead
 REQUEUE_OF = "harness.requeue_of"  # user attr: the trial number a re-queued trial re-runs
 ROOT = "harness.root"  # user attr: the first trial of a chain of re-runs (its runs' label)
 FAIL_REASON = "fail_reason"  # user attr of a FAIL trial: why
@@ -117,8 +119,12 @@ def claim(study: optuna.Study, trial_id: int, number: int, folder: Path) -> Iter
             stop.set()
             thread.join()
     else:
-        with flock(_live_lock(folder, number)):
-            yield
+        path = _live_lock(folder, number)
+        with flock(path):
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # the trial is told: nothing left to judge
 
 
 def reap(study: optuna.Study, folder: Path) -> list[int]:
@@ -137,7 +143,9 @@ def reap(study: optuna.Study, folder: Path) -> list[int]:
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        if now - started < CLAIM_S or is_held(_live_lock(folder, trial.number)):
+        lock = _live_lock(folder, trial.number)
+        age = now - started
+        if age < MIN_AGE_S or (not lock.exists() and age < CLAIM_S) or is_held(lock):
             continue
         try:
             storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, "its worker died (its liveness lock was free)")
@@ -146,6 +154,7 @@ def reap(study: optuna.Study, folder: Path) -> list[int]:
         except UpdateFinishedTrialError:
             continue  # another process reaped it first
         requeue(study, trial)
+        lock.unlink(missing_ok=True)
         dead.append(trial.number)
     return dead
 
