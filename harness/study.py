@@ -20,9 +20,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,11 +39,33 @@ from core.errors import UserError
 from harness.config import DEFAULT_SETTING, flatten, load_yaml, parse_set, resolve, setting_path
 from harness.tracking.names import METRICS
 
-__all__ = ["Arm", "ArmSpec", "ReportSpec", "Study", "load_study", "expand_arms", "arm_config", "explain_errors"]
+__all__ = [
+    "Arm", "ArmSpec", "ReportSpec", "Study", "load_study", "expand_arms", "arm_config", "explain_errors",
+    "SimpleName", "SettingName",
+]
 
 Metric = Literal[METRICS]
 SEED_KEY = "runtime.seed"  # set by the study's `seeds`, never by base, arms or --set
 DEFAULT_ARM = "default"  # the one arm of a study with neither `vary` nor `arms`
+
+
+def _simple_name(name: str) -> str:
+    # It names the MLflow experiment and appears in file names and filter strings.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"'{name}': use letters, digits, '_', '.' and '-' (starting with a letter or digit)")
+    return name
+
+
+def _setting_exists(value: str) -> str:
+    try:
+        setting_path(value)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+    return value
+
+
+SimpleName = Annotated[str, AfterValidator(_simple_name)]  # a study's or a sweep's name
+SettingName = Annotated[str, AfterValidator(_setting_exists)]  # a name in studies/settings/ or a YAML path
 
 
 class _Strict(BaseModel):
@@ -75,9 +98,9 @@ class ReportSpec(_Strict):
 class Study(_Strict):
     """A study file, validated. Use :func:`load_study` to read one (errors then name the file)."""
 
-    name: str  # the MLflow experiment
+    name: SimpleName  # the MLflow experiment
     description: str = ""
-    setting: str = DEFAULT_SETTING  # a name in studies/settings/ or a YAML path
+    setting: SettingName = DEFAULT_SETTING  # a name in studies/settings/ or a YAML path
     base: dict[str, Any] = {}  # {dotted.key: value} applied to every arm
     vary: dict[str, list[Any]] = {}  # grid {dotted.key: [values]}, expanded in the order written
     arms: tuple[ArmSpec, ...] = ()
@@ -87,23 +110,6 @@ class Study(_Strict):
     reference_source: str | None = None  # where `reference` comes from (shown beside it)
     report: ReportSpec = ReportSpec()
     _path: Path | None = PrivateAttr(None)  # the file it was loaded from, for messages
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_simple(cls, name: str) -> str:
-        # It names the MLflow experiment and appears in file names and filter strings.
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"'{name}': use letters, digits, '_', '.' and '-' (starting with a letter or digit)")
-        return name
-
-    @field_validator("setting")
-    @classmethod
-    def _setting_exists(cls, value: str) -> str:
-        try:
-            setting_path(value)
-        except UserError as err:
-            raise ValueError(str(err)) from None
-        return value
 
     @field_validator("base")
     @classmethod

@@ -12,7 +12,8 @@ from harness.config import SETTINGS_DIR
 from harness.plan import make_plan
 from harness.study import Arm, Study, arm_config, expand_arms, load_study
 
-STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
+# studies/sweep.yaml is the default sweep spec, not a study (tests/test_sweep.py loads it).
+STUDIES = sorted(p for p in (Path(__file__).resolve().parents[1] / "studies").glob("*.yaml") if p.name != "sweep.yaml")
 
 
 def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:

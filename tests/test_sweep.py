@@ -29,7 +29,8 @@ from harness.cli import app
 from harness.execute import TaskContext, TaskStopped, execute_task, plan_tasks
 from harness.plan import DONE, LAST_CHECKPOINT, make_plan, stage_dir
 from harness.study import ArmSpec, Study, load_study
-from harness.sweep import SAMPLERS, load_sweep, run_sweep, suggest
+from harness.sweep import DEFAULT_SPEC, SAMPLERS, load_sweep, run_sweep, suggest
+from harness.sweep._trial import trial_study
 from harness.sweep import _samplers, _storage
 from harness.tracking import names
 from harness.tracking.store import provenance
@@ -116,6 +117,17 @@ def test_bad_spec_is_a_one_screen_error_naming_the_key(tmp_path, fields, message
         load_sweep(path)
     assert message in str(err.value)
     assert len(str(err.value).splitlines()) < 25
+
+
+def test_default_spec_searches_fine_tuning_only_so_its_trials_share_one_pretraining():
+    spec = load_sweep(DEFAULT_SPEC)
+    assert spec.n_trials == 12 and spec.sampler.name == "tpe" and spec.pruner.name == "median"
+    hashes = set()
+    for corner in ("low", "high"):
+        values = {key: getattr(param, corner) for key, param in spec.space.items()}
+        plan = make_plan(trial_study(spec, corner, values))
+        hashes |= {s.hash for s in plan.stages.values() if s.kind == "pretrain"}
+    assert len(hashes) == 1
 
 
 def test_objective_direction_follows_the_metric_unless_given(tmp_path):

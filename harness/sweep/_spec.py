@@ -11,7 +11,6 @@ so a bad spec fails before a trial runs.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +19,8 @@ from optuna.distributions import BaseDistribution
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import UserError
-from harness.config import DEFAULT_SETTING, flatten, load_yaml, resolve, setting_path
-from harness.study import SEED_KEY, explain_errors
+from harness.config import DEFAULT_SETTING, flatten, load_yaml, resolve
+from harness.study import SEED_KEY, SettingName, SimpleName, explain_errors
 from harness.sweep import _samplers
 from harness.sweep._space import distribution
 from harness.tracking.names import METRICS, val_metric
@@ -124,9 +123,9 @@ class PrunerSpec(_Named):
 class SweepSpec(_Strict):
     """A sweep spec, validated. Use :func:`load_sweep` to read one (errors then name the file)."""
 
-    name: str  # the Optuna study and the MLflow experiment
+    name: SimpleName  # the Optuna study and the MLflow experiment
     description: str = ""
-    setting: str = DEFAULT_SETTING
+    setting: SettingName = DEFAULT_SETTING
     base: dict[str, Any] = {}  # {dotted.key: value} for every trial
     space: dict[str, ParamSpec] = Field(min_length=1)  # {dotted.key: range}
     objective: ObjectiveSpec = ObjectiveSpec()
@@ -135,22 +134,6 @@ class SweepSpec(_Strict):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     seeds: tuple[int, ...] = (0,)  # trials run with the first; --export-best's study with all
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_simple(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise ValueError(f"'{name}': use letters, digits, '_', '.' and '-' (starting with a letter or digit)")
-        return name
-
-    @field_validator("setting")
-    @classmethod
-    def _setting_exists(cls, value: str) -> str:
-        try:
-            setting_path(value)
-        except UserError as err:
-            raise ValueError(str(err)) from None
-        return value
 
     @field_validator("base", "space")
     @classmethod
