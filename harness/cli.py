@@ -79,6 +79,7 @@ def run(
     retry_failed: Annotated[bool, typer.Option(help="Re-run the (arm, seed) runs that failed before")] = False,
     quiet: Annotated[bool, typer.Option(help="Log lines instead of progress bars (the default when not on a terminal)")] = False,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds replacing the study's (e.g. 0,1,2)")] = None,
+    setting: Setting = None,
 ):
     """Expand a study into runs, share and cache stages, execute, and track them in MLflow."""
     from harness import console as ui
@@ -89,7 +90,7 @@ def run(
     workdir = resolve_workdir(workdir)
     seed_list = parse_seeds(seeds) if seeds is not None else None
     if dry_run:
-        _, plan, tasks = plan_study(study, tuple(set_), seed_list)
+        _, plan, tasks = plan_study(study, tuple(set_), seed_list, setting)
         ui.print_plan(plan, tasks, stage_status(plan, workdir))
         return
     device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
@@ -106,6 +107,7 @@ def run(
             retry_failed=retry_failed,
             reporter=reporter,
             seeds=seed_list,
+            setting=setting,
         )
     ui.print_summary(result)
     given = (f" --workdir {workdir}" if workdir_given else "") + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")

@@ -99,11 +99,11 @@ class Reporter:
 
 # ------------------------------------------------------------------------------------ planning
 def plan_study(
-    path: Path, overrides: tuple[str, ...] = (), seeds: tuple[int, ...] | None = None
+    path: Path, overrides: tuple[str, ...] = (), seeds: tuple[int, ...] | None = None, setting: str | None = None
 ) -> tuple[Study, Plan, list[Task]]:
-    """Load, validate and plan a study (``seeds`` replacing the file's), and group its stages
-    into tasks (no side effects)."""
-    study = load_study(path, seeds)
+    """Load, validate and plan a study (``seeds`` and ``setting`` replacing the file's), and
+    group its stages into tasks (no side effects)."""
+    study = load_study(path, seeds, setting)
     plan = make_plan(study, overrides)
     return study, plan, plan_tasks(plan)
 
@@ -160,6 +160,7 @@ def run_study(
     retry_failed: bool = False,
     reporter: Reporter | None = None,
     seeds: tuple[int, ...] | None = None,
+    setting: str | None = None,
 ) -> StudyResult:
     """Run a study: plan, lock, execute tasks (cached ones replayed), track everything.
 
@@ -174,9 +175,10 @@ def run_study(
             reported as failed again without running.
         reporter: progress sink.
         seeds: replace the study file's seeds (``--seeds``).
+        setting: replace the study file's base setting (``--setting``).
     """
     reporter = reporter or Reporter()
-    study, plan, tasks = plan_study(path, overrides, seeds)
+    study, plan, tasks = plan_study(path, overrides, seeds, setting)
     workdir = Path(workdir)
     with study_lock(workdir, study.name):
         init_store(tracking_uri)  # schema created once, before any worker starts

@@ -186,13 +186,15 @@ class Arm:
     values: dict[str, Any] = field(hash=False)
 
 
-def load_study(path: str | os.PathLike, seeds: Sequence[int] | None = None) -> Study:
+def load_study(path: str | os.PathLike, seeds: Sequence[int] | None = None, setting: str | None = None) -> Study:
     """Read and validate a study file (safe YAML).
 
     Args:
         path: the study's YAML file. A relative ``setting`` path inside it is taken relative to
             the file's folder.
         seeds: replace the file's ``seeds`` (``harness run --seeds``), validated like them.
+        setting: replace the file's ``setting`` (``harness run --setting``: the same study at
+            paper scale).
 
     Raises:
         UserError: naming the file, each bad key path and its problem (a typo gets the closest
@@ -203,9 +205,11 @@ def load_study(path: str | os.PathLike, seeds: Sequence[int] | None = None) -> S
     if not isinstance(raw, Mapping):
         raise UserError(f"{path}: a study must be a mapping of keys (name, setting, vary, ...)")
     raw = dict(raw)
-    setting = raw.get("setting")
-    if isinstance(setting, str) and Path(setting).suffix in (".yaml", ".yml") and not Path(setting).is_absolute():
-        raw["setting"] = str(path.parent / setting)
+    own = raw.get("setting")  # a relative path in the file is relative to the file
+    if isinstance(own, str) and Path(own).suffix in (".yaml", ".yml") and not Path(own).is_absolute():
+        raw["setting"] = str(path.parent / own)
+    if setting is not None:  # given on the command line: a name, or a path from the current folder
+        raw["setting"] = setting
     if seeds is not None:
         raw["seeds"] = list(seeds)
     try:

@@ -87,3 +87,19 @@ def test_bad_seeds_option_is_a_one_line_error(tmp_path):
     for bad, message in (("0,x", "comma-separated integers"), ("1,1", "seeds repeat")):
         result = runner.invoke(app, ["run", str(study), "--dry-run", "--seeds", bad, "--workdir", str(tmp_path)])
         assert result.exit_code == 1 and message in " ".join(result.output.split()), result.output
+
+
+def test_setting_option_plans_a_study_at_paper_scale_and_names_the_missing_data(tmp_path):
+    study = Path(__file__).parents[1] / "studies" / "placement.yaml"
+    args = ["run", str(study), "--dry-run", "--setting", "flickr30k-vit224", "--workdir", str(tmp_path)]
+    missing = runner.invoke(app, args)
+    assert missing.exit_code == 1
+    assert "data.annotations=datasets/flickr30k/dataset_flickr30k.json: file not found" in " ".join(missing.output.split())
+    (tmp_path / "images").mkdir()
+    for name in ("ann.json", "dense.jsonl"):
+        (tmp_path / name).write_text("{}")
+    paths = [f"data.annotations={tmp_path / 'ann.json'}", f"data.image_root={tmp_path / 'images'}",
+             f"data.dense_captions={tmp_path / 'dense.jsonl'}"]
+    planned = runner.invoke(app, [*args, *(x for p in paths for x in ("--set", p))])
+    assert planned.exit_code == 0, planned.output
+    assert "3 (arm, seed) runs, 1 pre-trainings" in planned.output

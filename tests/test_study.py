@@ -35,12 +35,32 @@ def labels(study: Study) -> list[str]:
     return [arm.label for arm in expand_arms(study)]
 
 
+PAPER_SETTINGS = ("flickr30k-vit224", "flickr30k-swin224", "coco-vit224")
+
+
+def _paper_data(tmp_path: Path) -> dict[str, str]:
+    """Stand-ins for a paper-scale dataset's files: planning reads their sizes and times only."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for name in ("dataset.json", "dense.jsonl"):
+        (tmp_path / name).write_text("{}")
+    return {"data.annotations": str(tmp_path / "dataset.json"), "data.image_root": str(tmp_path / "images"),
+            "data.dense_captions": str(tmp_path / "dense.jsonl")}
+
+
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
-def test_every_study_file_loads_and_plans(path: Path) -> None:
+def test_every_study_file_plans_on_the_embedded_default_and_at_paper_scale(path: Path, tmp_path: Path) -> None:
     study = load_study(path)
-    plan = make_plan(study)
     assert study.description.strip()
-    assert len(plan.runs) == len(expand_arms(study)) * len(study.seeds)
+    if study.setting in PAPER_SETTINGS:  # a paper-scale study: its data is not on this machine
+        with pytest.raises(UserError, match=r"data.annotations=datasets/.*: file not found"):
+            make_plan(study)
+    else:
+        assert len(make_plan(study).runs) == len(expand_arms(study)) * len(study.seeds)
+    for setting in PAPER_SETTINGS:
+        paper = load_study(path, setting=setting)
+        assert len(make_plan(paper, _paper_data(tmp_path)).runs) == len(expand_arms(paper)) * len(paper.seeds)
+    with pytest.raises(UserError, match=r"data.annotations=datasets/.*: file not found"):
+        make_plan(load_study(path, setting="flickr30k-vit224"))  # names the missing path and its key
 
 
 def test_the_main_study_varies_decoder_depth_against_depth_zero() -> None:
