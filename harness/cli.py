@@ -158,7 +158,7 @@ def sweep(
 @app.command()
 @_friendly_errors
 def report(
-    studies: Annotated[Optional[list[str]], typer.Argument(help="Study names in the store (default: all)")] = None,
+    studies: Annotated[Optional[list[str]], typer.Argument(help="Study or sweep names in the store (default: all)")] = None,
     latex: Annotated[bool, typer.Option(help="Also write table.tex (booktabs)")] = False,
     standalone: Annotated[bool, typer.Option(help="Wrap table.tex in a document that compiles with pdflatex")] = False,
     metric: Annotated[Optional[str], typer.Option(help="Metric of the ablation plot (default: the study's first)")] = None,
@@ -167,7 +167,8 @@ def report(
     workdir: Workdir = None,
     tracking_uri: TrackingUri = None,
 ):
-    """Paper-style tables (.tex/.md/.csv) and plots from the tracking store alone."""
+    """Paper-style tables (.tex/.md/.csv) and plots from the tracking store alone; for a sweep,
+    its top-k trials and its figures (history, importances, parallel coordinates, slices)."""
     from harness.report import build_report
 
     uri = resolve_tracking_uri(tracking_uri, resolve_workdir(workdir))

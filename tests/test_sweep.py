@@ -384,12 +384,12 @@ def postgres(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_on_a_postgresql_storage_share_one_study_without_duplicate_numbers(tmp_path, postgres):
-    spec = write_spec(tmp_path, "pg-sweep", n_trials=4, pruner="none")
+    spec = write_spec(tmp_path, "pg-sweep", n_trials=3, pruner="none", base={**TINY_BASE, "finetune.epochs": 1})
     result = run_sweep(spec, workdir=tmp_path / "work", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
                        storage=postgres, workers=2)
     study = optuna.load_study(study_name="pg-sweep", storage=postgres)
     counted = assert_sweep_reached(study, 4)
-    assert sorted(t.number for t in counted) == [0, 1, 2, 3]
+    assert sorted(t.number for t in counted) == [0, 1, 2]
     assert len({t.user_attrs["worker"] for t in counted}) == 2  # both workers ran trials
     assert result.best is not None and result.best.number in {t.number for t in counted}
     stored = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.parent_run_id).data.tags
@@ -398,13 +398,14 @@ def test_two_workers_on_a_postgresql_storage_share_one_study_without_duplicate_n
 
 @pytest.mark.slow
 def test_sweep_benchmark_compares_epochs_wall_time_and_best_value_of_both_pruners(tmp_path):
-    spec = write_spec(tmp_path, "bench", pruner={"name": "median", "args": {"n_startup_trials": 1}})
+    spec = write_spec(tmp_path, "bench", pruner={"name": "median", "args": {"n_startup_trials": 1}},
+                      base={**TINY_BASE, "finetune.epochs": 2})
     result = bench_sweep(spec, n_trials=3)
     for pruner in ("median", "none"):
         assert result[f"{pruner}_complete"] + result[f"{pruner}_pruned"] + result[f"{pruner}_failed"] == 3
         assert result[f"{pruner}_wall_s"] > 0 and result[f"{pruner}_pretrain_epochs"] == 1
-    assert result["none_finetune_epochs"] == 3 * 3 and result["none_pruned"] == 0  # every trial, every epoch
-    assert result["median_finetune_epochs"] <= 3 * 3
+    assert result["none_finetune_epochs"] == 3 * 2 and result["none_pruned"] == 0  # every trial, every epoch
+    assert result["median_finetune_epochs"] <= 3 * 2
     assert result["epochs_share"] == pytest.approx(result["median_finetune_epochs"] / result["none_finetune_epochs"])
     assert result["best_gap"] == pytest.approx(result["none_best_value"] - result["median_best_value"])
 

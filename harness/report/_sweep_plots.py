@@ -45,7 +45,9 @@ def plot_history(report: SweepReport) -> Figure | None:
         if not complete.empty:
             ax.scatter(complete["trial"], complete["value"], color="C0", label="complete", zorder=3)
             best = complete["value"].cummax() if report.maximize else complete["value"].cummin()
-            ax.step(complete["trial"], best, where="post", color="C3", label="best so far", zorder=1)
+            last = int(report.trials["trial"].max())  # the line runs on to the last trial, pruned or not
+            xs, ys = [*complete["trial"], last], [*best, best.iloc[-1]]
+            ax.step(xs, ys, where="post", color="C3", label="best so far", zorder=1)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Trial")
         ax.set_ylabel(_objective_label(report))
