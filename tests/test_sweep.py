@@ -26,12 +26,12 @@ from core.errors import UserError
 from harness._locks import flock, is_held
 from harness.bench.sweep import bench_sweep
 from harness.cli import app
-from harness.execute import TaskContext, TaskStopped, execute_task, plan_tasks
+from harness.execute import TaskContext, TaskOutcome, TaskStopped, execute_task, plan_tasks
 from harness.plan import DONE, LAST_CHECKPOINT, make_plan, stage_dir
 from harness.study import ArmSpec, Study, load_study
 from harness.sweep import DEFAULT_SPEC, SAMPLERS, load_sweep, run_sweep, suggest
 from harness.sweep._trial import trial_study
-from harness.sweep import _samplers, _storage
+from harness.sweep import _samplers, _storage, _trial
 from harness.tracking import names
 from harness.tracking.store import provenance
 
@@ -205,6 +205,22 @@ def test_journal_reaper_requeues_a_dead_workers_trial_but_not_a_live_one(tmp_pat
     assert copy.user_attrs[_storage.REQUEUE_OF] == dead_number and copy.user_attrs[_storage.ROOT] == dead_number
     assert copy.system_attrs["fixed_params"] == trials[dead_number].params
     assert _storage.reap(study, tmp_path) == []  # the live trial is left alone, the dead one reaped once
+
+
+def test_a_failed_task_fails_its_trial_with_the_reason_and_traceback_and_a_stopped_one_prunes_it():
+    study = optuna.create_study()
+    failed = TaskOutcome(task=None, status="FAILED", run_id="r1", error="NonFiniteLoss: loss became non-finite",
+                         traceback="Traceback (most recent call last):\n  ...\nNonFiniteLoss: loss")
+    for outcome, state in ((failed, TrialState.FAIL), (TaskOutcome(None, "STOPPED", "r2", error="pruned after epoch 1"), TrialState.PRUNED)):
+        trial = study.ask()
+        trial.report(1.0, 0)
+        result = _trial._result(outcome, None, Path("."), "unused", "rsum")
+        assert result.state == state and result.run_id == outcome.run_id
+        _trial.tell(study, trial, result)
+    fail, pruned = study.get_trials()
+    assert fail.state == TrialState.FAIL and fail.user_attrs["fail_reason"].startswith("NonFiniteLoss")
+    assert fail.user_attrs["traceback"].endswith("NonFiniteLoss: loss") and fail.user_attrs["mlflow_run_id"] == "r1"
+    assert pruned.state == TrialState.PRUNED and pruned.user_attrs["pruned_reason"] == "pruned after epoch 1"
 
 
 # ------------------------------------------------------------------------------- executor
