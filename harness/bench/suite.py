@@ -1,21 +1,30 @@
-"""``harness bench``: run the named benchmarks and write each result to ``<out>/<name>.json``,
-plus ``<out>/README.md`` with every result written so far and the command that made it."""
+"""``harness bench``: run the named benchmarks and write each one's record to ``<out>/<name>.json``,
+then ``<out>/benchmarks.md`` from every record there (``harness.bench.writer``).
+
+A benchmark is a function returning a JSON-able dict; the keys ``figures``, ``checks`` and
+``notes`` (``harness.bench.measure``) are what ``benchmarks.md`` shows with targets. Benchmarks
+whose signature takes ``device`` get the command's ``--device``.
+"""
 
 from __future__ import annotations
 
-import json
-import platform
+import inspect
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import torch
 
 from core.errors import UserError
+from harness.bench.endtoend import bench_end_to_end
+from harness.bench.machine import machine_info
 from harness.bench.overhead import bench_overhead
 from harness.bench.retrieval import bench_retrieval
+from harness.bench.scale import bench_dry_run, bench_report
+from harness.bench.sharing import bench_sharing
 from harness.bench.sweep import bench_sweep
+from harness.bench.throughput import bench_throughput
+from harness.bench.writer import write_record
 
 __all__ = ["BENCHMARKS", "run_benchmarks"]
 
@@ -23,50 +32,46 @@ BENCHMARKS: dict[str, Callable[..., dict]] = {
     "retrieval": bench_retrieval,  # target: >= 10x the per-query loop, well under 2 GB extra
     "overhead": bench_overhead,  # target: harness overhead < 5% of a run's wall time (CPU)
     "sweep": bench_sweep,  # target: the median pruner trains <= 60% of the epochs, best value within noise
+    "throughput": bench_throughput,  # pairs/s: uint8 cache vs image files, D2S-VSE vs plain VSE
+    "sharing": bench_sharing,  # decoder depth x 3 seeds: 3 pre-trainings instead of 12, and the time saved
+    "report": bench_report,  # harness report over 1,000 runs: < 10 s
+    "dry-run": bench_dry_run,  # harness run --dry-run of 1,000 arms: < 5 s
+    "e2e": bench_end_to_end,  # the README's main job: <= 10 min on 2 cores (long: last)
 }
 
 
-def run_benchmarks(names: list[str], out_dir: Path, device: str = "cpu") -> list[Path]:
-    """Run benchmarks by name and write their results.
+def run_benchmarks(names: list[str], out_dir: Path, device: str = "cpu", isolate: bool = True) -> list[Path]:
+    """Run benchmarks by name; write each one's record as it finishes, and ``benchmarks.md``.
 
     Args:
-        names: benchmark names (empty: all of :data:`BENCHMARKS`).
-        out_dir: where ``<name>.json`` and ``README.md`` go.
+        names: benchmark names (empty: all of :data:`BENCHMARKS`, in its order).
+        out_dir: where ``<name>.json`` and ``benchmarks.md`` go.
         device: the device of the benchmarks that take one.
+        isolate: run each benchmark in a fresh (spawned) process, so that none inherits another's
+            memory, threads or per-process caches (the benchmark must be a module-level function).
     """
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise UserError(f"unknown benchmark {unknown}; known: {', '.join(BENCHMARKS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names or list(BENCHMARKS):
-        kwargs = {"device": device} if name == "retrieval" else {}
-        result = {
+        bench = BENCHMARKS[name]
+        kwargs = {"device": device} if "device" in inspect.signature(bench).parameters else {}
+        started = time.perf_counter()
+        result = _isolated(bench, kwargs) if isolate else bench(**kwargs)
+        record = {
             "benchmark": name,
             "command": f"harness bench {name}" + (f" --device {device}" if kwargs else ""),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": _machine(device),
-            "result": BENCHMARKS[name](**kwargs),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "seconds": time.perf_counter() - started,
+            "machine": machine_info(),
+            "result": result,
         }
-        path = out_dir / f"{name}.json"
-        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        written.append(path)
-    (out_dir / "README.md").write_text(_summary(out_dir))
+        written.append(write_record(out_dir, record))
     return written
 
 
-def _machine(device: str) -> dict[str, Any]:
-    info = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
-def _summary(out_dir: Path) -> str:
-    lines = ["# Benchmarks", "", "Written by `harness bench`; each JSON holds the full result.", ""]
-    for path in sorted(out_dir.glob("*.json")):
-        record = json.loads(path.read_text())
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in record["result"].items() if not isinstance(v, dict)}
-        lines += [f"## {record['benchmark']}", "", f"`{record['command']}` ({record['date']}, {record['machine']})", ""]
-        lines += ["| key | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in shown.items()], ""]
-    return "\n".join(lines)
+def _isolated(bench: Callable[..., dict], kwargs: dict) -> dict:
+    # not a multiprocessing.Pool: its workers are daemons, which may not start processes
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(bench, **kwargs).result()

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from core.errors import UserError
 from harness.report._latex import to_latex
 from harness.report._plots import plot_ablation, plot_training_curves
-from harness.report._study import study_view
+from harness.report._study import report_spec, study_view
 from harness.report._summary import FINISHED, StudyReport, pick_runs, study_report
 from harness.report._sweep import SweepReport, sweep_report
 from harness.report._sweep_plots import SWEEP_FIGURES
@@ -56,7 +56,9 @@ def load_reports(
     if metric is not None and metric not in names.METRICS:
         raise UserError(f"unknown metric '{metric}'; metrics: {', '.join(names.METRICS)}")
     stored = stored_studies(tracking_uri, studies or None)
-    frame = runs_frame(tracking_uri, [s.name for s in stored])
+    # Histories only of the plotted metrics: each is one store request per run.
+    plotted = sorted({names.val_metric(metric or report_spec(s).metrics[0]) for s in stored})
+    frame = runs_frame(tracking_uri, [s.name for s in stored], history=plotted)
     reports = []
     for record in stored:
         rows = frame[frame["study"] == record.name]

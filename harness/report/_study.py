@@ -108,6 +108,16 @@ def study_view(stored: StoredStudy, frame: pd.DataFrame) -> StudyView:
     )
 
 
+def report_spec(stored: StoredStudy) -> ReportSpec:
+    """The study's report options from its stored study file (the defaults when it has none).
+
+    Args:
+        stored: the study's parent-run record.
+    """
+    study, _ = _parse(stored.study_yaml)
+    return study.report if study is not None else ReportSpec()
+
+
 def _parse(text: str | None) -> tuple[Study | None, str | None]:
     """The stored study file as a Study, or None and the reason it could not be read."""
     if text is None:

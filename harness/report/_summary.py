@@ -71,7 +71,8 @@ class StudyReport:
             ``n`` seeds, ``rank`` 1 = best, 2 = second, else 0) or ``reference`` (the published
             value as ``mean``, never ranked).
         values: per-seed values of the chosen runs: arm, seed, run_id, metric, value.
-        history: per-epoch validation values of the chosen runs: arm, seed, metric, epoch, value.
+        history: per-epoch validation values of the chosen runs: arm, seed, metric, epoch, value
+            (the metrics whose history the frame holds: ``harness report`` reads the plotted one).
         deltas: rSum delta vs the baseline per arm (the baseline has none).
         power: per arm with a delta, what the comparison can detect (:mod:`._power`).
         detect: the difference the power lines plan for (``--detect``), or None.
@@ -205,6 +206,7 @@ def study_report(
     chosen = frame[frame["run_id"].isin(finished["run_id"])]
     values = _prefixed(chosen, f"{split}/").drop(columns="step")
     history = _prefixed(chosen, "val/").rename(columns={"step": "epoch"})
+    history = history[history["epoch"].notna()].reset_index(drop=True)  # val/* read as latest values only
     columns = table_columns((*view.spec.metrics, metric or view.spec.metrics[0]))
     deltas, notes = _deltas(view, finished, ranks, n_resamples, level, seed)
     problems = (*_run_problems(picked, values, split), *_pretrain_problems(frame))

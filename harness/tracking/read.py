@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
 from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
 from core.errors import UserError
@@ -43,6 +45,8 @@ __all__ = [
 FRAME_COLUMNS = ("study", "arm", "seed", "stage", "run_id", "status", "start_time", "metric", "value", "step")
 HISTORY_PREFIXES = ("val/",)  # per-epoch metrics read with their whole history (training curves)
 _PAGE = 1000  # runs per search_runs request
+# run id -> its artifact URI, from every search (a run's artifact URI never changes)
+_ARTIFACT_URIS: dict[str, str] = {}
 _STUDY_FILTER = f"tags.`{names.TAG_STAGE}` = '{names.STAGE_STUDY}'"  # the parent run
 _STAGE_RUNS = f"tags.`{names.TAG_STAGE}` != '{names.STAGE_STUDY}'"  # every other run
 _PARENT_STAGES = (names.STAGE_STUDY, names.STAGE_SWEEP)
@@ -89,17 +93,19 @@ def stored_studies(uri: str, studies: Sequence[str] | None = None) -> list[Store
     return [_stored_study(client, name, run) for name, run in _parents(client, uri, studies)]
 
 
-def runs_frame(uri: str, studies: Sequence[str] | None = None) -> pd.DataFrame:
+def runs_frame(uri: str, studies: Sequence[str] | None = None, history: Sequence[str] | None = None) -> pd.DataFrame:
     """Every stage run of the studies as a tidy frame, one row per (run, metric, step).
 
-    Columns: ``FRAME_COLUMNS``. ``seed`` is a nullable integer; ``step`` is the epoch for the
-    per-epoch ``val/*`` history and missing for a metric read as its latest value. A run that
-    logged no metric (it failed early) keeps one row with ``metric`` and ``value`` missing, so
-    that it can still be listed.
+    Columns: ``FRAME_COLUMNS``. ``seed`` is a nullable integer; ``step`` is the epoch for a
+    metric read with its per-epoch history and missing for a metric read as its latest value. A
+    run that logged no metric (it failed early) keeps one row with ``metric`` and ``value``
+    missing, so that it can still be listed.
 
     Args:
         uri: the tracking URI.
         studies: study names; None: every study in the store.
+        history: the metrics read with their whole history; None: every ``val/*`` metric. Each
+            history is one store request per run, so a reader asks only for those it shows.
 
     Raises:
         UserError: as :func:`stored_studies`.
@@ -109,7 +115,7 @@ def runs_frame(uri: str, studies: Sequence[str] | None = None) -> pd.DataFrame:
         row
         for name, parent in _parents(client, uri, studies)
         for run in _search(client, parent.info.experiment_id, _STAGE_RUNS)
-        for row in _run_rows(client, name, run)
+        for row in _run_rows(client, name, run, history)
     ]
     frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
     frame["seed"] = frame["seed"].astype("Int64")
@@ -224,12 +230,22 @@ def _artifact_text(client: MlflowClient, run_id: str, name: str) -> str | None:
 
 @contextlib.contextmanager
 def _artifact(client: MlflowClient, run_id: str, name: str) -> Iterator[Path | None]:
-    """A top-level artifact downloaded into a temporary folder (None when the run lacks it)."""
-    if name not in {item.path for item in client.list_artifacts(run_id)}:
-        yield None
-        return
+    """A top-level artifact downloaded into a temporary folder (None when the run lacks it).
+
+    Downloaded straight from the run's artifact URI, known from the search that found the run:
+    asking by run id costs a ``get_run`` plus a listing per artifact, which over a 1,000-run
+    report was most of its time. Only a failed download lists the run's artifacts, to tell a
+    missing artifact (None) from a real error (raised).
+    """
+    root = _ARTIFACT_URIS.get(run_id) or client.get_run(run_id).info.artifact_uri
     with tempfile.TemporaryDirectory() as tmp:
-        yield Path(client.download_artifacts(run_id, name, tmp))
+        try:
+            path = download_artifacts(artifact_uri=f"{root.rstrip('/')}/{name}", dst_path=tmp, tracking_uri=client.tracking_uri)
+        except MlflowException:
+            if name in {item.path for item in client.list_artifacts(run_id)}:
+                raise
+            path = None
+        yield None if path is None else Path(path)
 
 
 def _search(client: MlflowClient, experiment_id: str, query: str, order: str = "desc") -> Iterator:
@@ -238,13 +254,14 @@ def _search(client: MlflowClient, experiment_id: str, query: str, order: str = "
         page = client.search_runs(
             [experiment_id], query, max_results=_PAGE, order_by=[f"attributes.start_time {order}"], page_token=token
         )
+        _ARTIFACT_URIS.update((run.info.run_id, run.info.artifact_uri) for run in page)
         yield from page
         token = page.token
         if not token:
             return
 
 
-def _run_rows(client: MlflowClient, study: str, run) -> list[tuple]:
+def _run_rows(client: MlflowClient, study: str, run, history: Sequence[str] | None) -> list[tuple]:
     tags = run.data.tags
     seed = tags.get(names.TAG_SEED)
     head = (
@@ -258,7 +275,8 @@ def _run_rows(client: MlflowClient, study: str, run) -> list[tuple]:
     )
     rows = []
     for key, value in sorted(run.data.metrics.items()):
-        if key.startswith(HISTORY_PREFIXES):
+        with_history = key.startswith(HISTORY_PREFIXES) if history is None else key in history
+        if with_history:
             rows += [(*head, key, v, step) for step, v in _history(client, run.info.run_id, key)]
         else:
             rows.append((*head, key, value, None))
