@@ -57,7 +57,7 @@ def bench_retrieval(
     repeats: int = 5,
     reference_repeats: int = 3,
     large_images: int = 25000,
-    large_repeats: int = 3,
+    large_repeats: int = 1,
 ) -> dict[str, Any]:
     """Time both protocols with ``core.metrics`` and with the loop reference; measure memory.
 
@@ -116,8 +116,7 @@ def bench_retrieval(
     large = _large_case(large_images, captions_per_image, dim, device, seed, large_repeats) if large_images else None
     if large is not None:
         label = f"{_k(large['n_images'])} x {_k(large['n_texts'])}"
-        if large["peak_extra_mb"] is not None:
-            figures[f"{label} core.metrics"] = Figure(tuple(large["seconds"]), "s")
+        if large["peak_extra_mb"] is not None:  # its seconds are in `large` only: see _large_case
             figures[f"{label} peak extra memory"] = Figure((large["peak_extra_mb"],), "MiB")
         checks.append(
             check(f"{label} peak extra memory (chunked)", large["peak_extra_mb"], "<", EXTRA_MIB_TARGET, "MiB", EARLIER, note=large["note"])
@@ -189,7 +188,12 @@ def _peak_extra_mb(
 
 
 def _large_case(n_images: int, captions_per_image: int, dim: int, device: str, seed: int, repeats: int) -> dict[str, Any]:
-    """The memory-only case: the whole-matrix protocol on ``n_images x n_images * captions_per_image``."""
+    """The memory-only case: the whole-matrix protocol on ``n_images x n_images * captions_per_image``.
+
+    Its ``seconds`` are not a speed figure on the CPU: the measuring child maps every buffer
+    above 128 KiB afresh (the pinned mmap threshold), so they include that cost (one 25K x 125K
+    run took 226 s, 66 s of it system time, on the 2-core machine while it was busy).
+    """
     n_texts = n_images * captions_per_image
     sims_mb = n_images * n_texts * 4 / 2**20
     out: dict[str, Any] = {"n_images": n_images, "n_texts": n_texts, "sims_mb": sims_mb, "peak_extra_mb": None, "seconds": []}
