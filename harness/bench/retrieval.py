@@ -192,7 +192,8 @@ def _large_case(n_images: int, captions_per_image: int, dim: int, device: str, s
 
     Its ``seconds`` are not a speed figure on the CPU: the measuring child maps every buffer
     above 128 KiB afresh (the pinned mmap threshold), so they include that cost (one 25K x 125K
-    run took 226 s, 66 s of it system time, on the 2-core machine while it was busy).
+    run took 226 s on the 2-core machine while it was busy; the whole child, building the matrix
+    included, spent 66 s in the kernel).
     """
     n_texts = n_images * captions_per_image
     sims_mb = n_images * n_texts * 4 / 2**20
