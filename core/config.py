@@ -255,6 +255,16 @@ class EvalConfig(Section):
     select_metric: SelectMetric = "rsum"  # validation metric that picks the checkpoint
     every_epochs: int = Field(1, ge=1)  # validate every this many epochs (and at the last)
     fold_size: int | None = None  # images per fold for k-fold test (COCO 1K: 1000)
+    # whole: test/<metric> over the whole test split (COCO 5K; the fold means go to test1k/);
+    # folds: test/<metric> is the mean over folds of fold_size images and the per-query ranks are
+    # ranked within their fold (a fixed gallery size, and more queries for a tighter interval)
+    test_on: Literal["whole", "folds"] = "whole"
+
+    @model_validator(mode="after")
+    def _folds_need_a_size(self) -> EvalConfig:
+        if self.test_on == "folds" and self.fold_size is None:
+            raise ValueError("test_on: folds needs fold_size (images per fold)")
+        return self
 
 
 class RuntimeConfig(Section):

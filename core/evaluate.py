@@ -14,7 +14,7 @@ import torch
 
 from core.config import Config
 from core.data import Split, eval_images
-from core.metrics import kfold_recall, metrics_from_ranks, retrieval_ranks
+from core.metrics import kfold_ranks, kfold_recall, metrics_from_ranks, retrieval_ranks
 from core.model import D2SVSE
 
 __all__ = ["EvalResult", "embed_split", "evaluate"]
@@ -26,6 +26,7 @@ class EvalResult:
     fold_metrics: dict[str, float] | None  # mean over folds of eval.fold_size images (COCO: 1K)
     i2t_ranks: np.ndarray  # (n_images,) 0-based rank of the best ground-truth caption
     t2i_ranks: np.ndarray  # (n_texts,) 0-based rank of the caption's image
+    fold_ranks: tuple[np.ndarray, np.ndarray] | None = None  # the same ranks within each fold
 
 
 @torch.no_grad()
@@ -56,7 +57,8 @@ def evaluate(model: D2SVSE, split: Split, config: Config, device: torch.device |
     sims = image_emb @ text_emb.T  # (N, M) cosine similarities
     txt2img = torch.as_tensor(split.caption_image, device=sims.device)
     i2t, t2i = retrieval_ranks(sims, txt2img)
-    folds = None
+    folds = fold_ranks = None
     if config.eval.fold_size is not None and config.eval.fold_size < len(split.images):
         folds = kfold_recall(sims, txt2img, config.eval.fold_size)
-    return EvalResult(metrics_from_ranks(i2t, t2i), folds, i2t.cpu().numpy(), t2i.cpu().numpy())
+        fold_ranks = tuple(r.cpu().numpy() for r in kfold_ranks(sims, txt2img, config.eval.fold_size))
+    return EvalResult(metrics_from_ranks(i2t, t2i), folds, i2t.cpu().numpy(), t2i.cpu().numpy(), fold_ranks)

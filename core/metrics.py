@@ -8,14 +8,14 @@ ranks are also the artifact behind paired significance tests.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from core.errors import UserError
 
-__all__ = ["retrieval_ranks", "metrics_from_ranks", "retrieval_recall", "kfold_recall"]
+__all__ = ["retrieval_ranks", "metrics_from_ranks", "retrieval_recall", "kfold_recall", "kfold_ranks"]
 
 # Scores compared per chunk: a chunk's boolean mask is this many bytes (1 MiB). On 5K x 25K, CPU,
 # chunks of 2**18 to 2**24 scores were tried; from 2**22 up they were slower.
@@ -133,22 +133,47 @@ def kfold_recall(
         fold_size: images per fold.
         ks: the recall cut-offs.
     """
+    per_fold = [metrics_from_ranks(i2t, t2i, ks) for _, i2t, t2i in _fold_ranks(sims, txt2img, fold_size)]
+    return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
+
+
+def kfold_ranks(
+    sims: torch.Tensor, txt2img: torch.Tensor | np.ndarray | Sequence[int], fold_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based ranks of every query within its own fold (see :func:`kfold_recall`), in the
+    queries' original order: ``(n_images,)`` and ``(n_texts,)``. With folds of equal numbers of
+    texts, a metric's mean over folds is its value on these pooled ranks, so a per-query
+    bootstrap over them is a bootstrap of the fold protocol.
+
+    Args:
+        sims: ``(n_images, n_texts)`` similarities; ``n_images`` a multiple of ``fold_size``.
+        txt2img: ``(n_texts,)`` image index of each text.
+        fold_size: images per fold.
+    """
+    sims, txt2img = _check_matrix(sims, txt2img)
+    i2t = torch.empty(sims.shape[0], dtype=torch.long, device=sims.device)
+    t2i = torch.empty(sims.shape[1], dtype=torch.long, device=sims.device)
+    for ((lo, hi), texts), fold_i2t, fold_t2i in _fold_ranks(sims, txt2img, fold_size):
+        i2t[lo:hi], t2i[texts] = fold_i2t, fold_t2i
+    return i2t, t2i
+
+
+def _fold_ranks(
+    sims: torch.Tensor, txt2img: torch.Tensor | np.ndarray | Sequence[int], fold_size: int
+) -> Iterator[tuple[tuple[tuple[int, int], torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """Per fold: ``((lo, hi), its text indices)`` and the fold's i2t and t2i ranks."""
     sims, txt2img = _check_matrix(sims, txt2img)
     n_images = sims.shape[0]
     if fold_size < 1 or n_images % fold_size:
-        raise UserError(f"kfold_recall: {n_images} images do not split into folds of fold_size={fold_size}")
+        raise UserError(f"kfold: {n_images} images do not split into folds of fold_size={fold_size}")
     folds = [(start, start + fold_size) for start in range(0, n_images, fold_size)]
     texts = [torch.nonzero((txt2img >= lo) & (txt2img < hi)).squeeze(1) for lo, hi in folds]  # (T_f,) each
     for f, ((lo, hi), t) in enumerate(zip(folds, texts)):
         if t.numel() == 0:
-            raise UserError(f"kfold_recall: fold {f} (images {lo}..{hi - 1}) has no texts")
+            raise UserError(f"kfold: fold {f} (images {lo}..{hi - 1}) has no texts")
     _check_every_image_has_text(txt2img, n_images)
-
-    per_fold = [
-        metrics_from_ranks(*retrieval_ranks(sims[lo:hi].index_select(1, t), txt2img[t] - lo), ks)
-        for (lo, hi), t in zip(folds, texts)
-    ]
-    return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
+    for (lo, hi), t in zip(folds, texts):
+        yield ((lo, hi), t), *retrieval_ranks(sims[lo:hi].index_select(1, t), txt2img[t] - lo)
 
 
 def _check_matrix(sims, txt2img) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,41 +2,63 @@
 
 The trainer, evaluation, densify and the harness's planner all read these rules from here, so
 "auto" means one thing everywhere: the first CUDA device when there is one, else the CPU; bf16 on
-a GPU, fp32 on a CPU.
+a GPU, fp32 on a CPU. torch is imported only where a function needs it: the planner asks what
+"auto" means on every dry run, and on a machine without a GPU driver it need not load torch (2 s).
 """
 
 from __future__ import annotations
 
 import functools
 import random
-from typing import Literal
-
-import numpy as np
-import torch
-import torch.distributed as dist
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from core.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "Precision",
-    "PRECISION_DTYPES",
     "cuda_available",
     "resolve_device",
+    "device_type",
     "resolve_precision",
+    "precision_dtype",
     "autocast_dtype",
     "seed_everything",
     "world",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
-PRECISION_DTYPES: dict[Precision, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AUTO_PRECISION: dict[str, Precision] = {"cuda": "bf16", "cpu": "fp32"}  # device type -> what "auto" means
+# torch's CUDA (and ROCm, which torch also calls cuda) needs a kernel driver: without one of these
+# no process can see a GPU, whatever torch says
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
 
 
 @functools.cache
 def cuda_available() -> bool:
-    """Whether this process can use a CUDA device (asked once)."""
+    """Whether this process can use a CUDA device (asked once; torch is not loaded when no GPU
+    driver is installed)."""
+    if not any(Path(p).exists() for p in GPU_DRIVER_FILES):
+        return False
+    import torch
+
     return torch.cuda.is_available()
+
+
+def device_type(name: str, option: str = "runtime.device") -> str:
+    """``cpu`` or ``cuda`` for a device name (``auto`` resolved), without loading torch on a CPU
+    machine.
+
+    Args:
+        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        option: the setting's name in errors.
+    """
+    if name == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return resolve_device(name, option).type
 
 
 def resolve_device(name: str, option: str = "runtime.device") -> torch.device:
@@ -46,6 +68,8 @@ def resolve_device(name: str, option: str = "runtime.device") -> torch.device:
         name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         option: the setting's name in errors.
     """
+    import torch
+
     if name == "auto":
         name = "cuda" if cuda_available() else "cpu"
     try:
@@ -66,18 +90,28 @@ def resolve_precision(precision: str, device: str | torch.device) -> Precision:
     """
     if precision != "auto":
         return precision  # type: ignore[return-value]
-    device_type = resolve_device(device).type if isinstance(device, str) else device.type
-    return AUTO_PRECISION.get(device_type, "fp32")
+    kind = device_type(device) if isinstance(device, str) else device.type
+    return AUTO_PRECISION.get(kind, "fp32")
+
+
+def precision_dtype(precision: Precision) -> torch.dtype:
+    """The torch dtype of a resolved precision."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of ``precision`` on ``device``; None for fp32 (autocast off)."""
     resolved = resolve_precision(precision, device)
-    return None if resolved == "fp32" else PRECISION_DTYPES[resolved]
+    return None if resolved == "fp32" else precision_dtype(resolved)
 
 
 def seed_everything(seed: int) -> None:
     """One seed for python, numpy and torch."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -85,6 +119,8 @@ def seed_everything(seed: int) -> None:
 
 def world() -> tuple[int, int]:
     """``(rank, world size)`` of this process; ``(0, 1)`` without torch.distributed."""
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

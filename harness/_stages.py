@@ -74,6 +74,11 @@ def _evaluate_test(config: Config, checkpoint: Path | None, out_dir: Path, split
     device = resolve_device(config.runtime.device)
     result = evaluate(load_model(config, checkpoint, device), splits["test"], config, device=device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if result.fold_metrics is not None and config.eval.test_on == "folds":
+        # the fold protocol is the result: its means, and ranks within folds for the bootstrap
+        i2t, t2i = result.fold_ranks
+        np.savez(out_dir / names.ARTIFACT_RANKS, i2t=i2t, t2i=t2i)
+        return {"final": {names.test_metric(k): v for k, v in result.fold_metrics.items()}}
     np.savez(out_dir / names.ARTIFACT_RANKS, i2t=result.i2t_ranks, t2i=result.t2i_ranks)
     final = {names.test_metric(k): v for k, v in result.metrics.items()}
     if result.fold_metrics is not None:  # COCO: 5K over the whole split, 1K as the 5-fold mean

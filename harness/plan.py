@@ -179,7 +179,7 @@ def resolve_auto_precision(config: Config) -> Config:
     """
     if config.runtime.precision != "auto":
         return config
-    from core.runtime import resolve_precision  # imports torch: only when auto must be decided
+    from core.runtime import resolve_precision
 
     precision = resolve_precision("auto", config.runtime.device)
     return config.model_copy(update={"runtime": config.runtime.model_copy(update={"precision": precision})})
@@ -202,9 +202,10 @@ def stage_chain(config: Config, data: str | None = None) -> list[tuple[StageKind
     if not kinds:
         raise UserError("pretrain.enabled and finetune.enabled are both false: there is nothing to train")
     data = data if data is not None else data_fingerprint(config.data)
+    flat = flatten(config)  # once per run: planning a 1,000-arm study flattens 1,000 configs
     chain, parent = [], None
     for kind in (*kinds, "eval"):
-        digest = stage_hash(config, kind, parent, data)
+        digest = _digest(kind, parent, data, _own_fields(flat, kind))
         chain.append((kind, digest, parent))
         parent = digest
     return chain
@@ -217,11 +218,16 @@ def hashed_fields(config: Config, kind: StageKind) -> dict[str, Any]:
         config: a resolved config.
         kind: the stage.
     """
+    return _own_fields(flatten(config), kind)
+
+
+def _own_fields(flat: Mapping[str, Any], kind: StageKind) -> dict[str, Any]:
     prefixes = STAGE_FIELDS[kind]
+    below = tuple(p + "." for p in prefixes)
     return {
         key: value
-        for key, value in flatten(config).items()
-        if key not in NEUTRAL_FIELDS and any(key == p or key.startswith(p + ".") for p in prefixes)
+        for key, value in flat.items()
+        if key not in NEUTRAL_FIELDS and (key in prefixes or key.startswith(below))
     }
 
 
@@ -235,7 +241,11 @@ def stage_hash(config: Config, kind: StageKind, parent: str | None, data: str) -
         parent: the parent stage's hash, or None for a first stage.
         data: the data's fingerprint (:func:`core.data.data_fingerprint`).
     """
-    payload = {"version": HASH_VERSION, "kind": kind, "parent": parent, "data": data, "fields": hashed_fields(config, kind)}
+    return _digest(kind, parent, data, hashed_fields(config, kind))
+
+
+def _digest(kind: StageKind, parent: str | None, data: str, fields: Mapping[str, Any]) -> str:
+    payload = {"version": HASH_VERSION, "kind": kind, "parent": parent, "data": data, "fields": fields}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]
 

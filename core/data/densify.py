@@ -40,7 +40,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from core.config import Section
 from core.errors import UserError
-from core.runtime import PRECISION_DTYPES, resolve_device, resolve_precision
+from core.runtime import precision_dtype, resolve_device, resolve_precision
 
 __all__ = ["DensifyConfig", "DensifyStats", "densify"]
 
@@ -253,7 +253,7 @@ class _Captioner:
     def __init__(self, folder: Path, cfg: DensifyConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device, option="densify device")
-        self.dtype = PRECISION_DTYPES[resolve_precision(cfg.dtype, self.device)]
+        self.dtype = precision_dtype(resolve_precision(cfg.dtype, self.device))
         try:
             self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
             model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True, dtype=self.dtype)

@@ -468,12 +468,14 @@ def _ceiling(images_per_query: np.ndarray, ks: tuple[int, ...]) -> dict[str, flo
     return {f"t2i_r{k}": round(100 * float(np.minimum(1.0, k / images_per_query).mean()), 2) for k in ks}
 
 
-def card(data_cfg: DataConfig, cache_dir: Path) -> dict:
+def card(data_cfg: DataConfig, cache_dir: Path, fold_size: int | None = None) -> dict:
     """The dataset card's numbers, measured on the generated splits.
 
     Args:
         data_cfg: the data section (its ``synthscenes`` part decides the benchmark).
         cache_dir: where the cache is built or found.
+        fold_size: the test protocol's folds (``eval.fold_size``): ambiguity and chance are
+            those of a gallery of that many images (None: the whole test split).
     Returns:
         sizes, vocabulary, caption lengths in words, objects per scene, the test split's
         ambiguity (sparse captions true of several test images, checked on the scene graphs) with
@@ -488,15 +490,16 @@ def card(data_cfg: DataConfig, cache_dir: Path) -> dict:
             raise UserError(f"data cache of split {name} does not match the generator; delete it")
     sparse = [c for s in splits.values() for c in s.captions]
     dense = [d for s in splits.values() for d in s.dense]
-    test_recs = recs["test"]
-    scenes = [rec.scene for rec in test_recs]
-    meanings = [m for rec in test_recs for m in rec.meanings]
-    # true_of[j, i]: caption j is true of test image i
-    true_of = np.array([[caption_is_true(m, s) for s in scenes] for m in meanings])
-    per_caption = true_of.sum(axis=1)
-    dense_counts = Counter(rec.dense for rec in test_recs)
-    per_dense = np.array([dense_counts[rec.dense] for rec in test_recs])
-    n_img, n_txt, ks = len(scenes), len(meanings), (1, 5, 10)
+    size = fold_size or len(recs["test"])
+    folds = [recs["test"][lo : lo + size] for lo in range(0, len(recs["test"]), size)]
+    per_caption, per_dense = [], []
+    for fold in folds:  # a caption competes with the images of its own fold only
+        scenes = [rec.scene for rec in fold]
+        per_caption += [sum(caption_is_true(m, s) for s in scenes) for rec in fold for m in rec.meanings]
+        dense_counts = Counter(rec.dense for rec in fold)
+        per_dense += [dense_counts[rec.dense] for rec in fold]
+    per_caption, per_dense = np.array(per_caption), np.array(per_dense)
+    n_img, n_txt, ks = size, size * cfg.captions_per_image, (1, 5, 10)
     return {
         "config": {**cfg.model_dump(mode="json"), "data.image_size": data_cfg.image_size, "cached_side": cache_side(data_cfg)},
         "images": {name: len(s.images) for name, s in splits.items()},
@@ -513,7 +516,8 @@ def card(data_cfg: DataConfig, cache_dir: Path) -> dict:
         },
         "sparse_caption_kinds": dict(Counter(m["kind"] for r in recs.values() for rec in r for m in rec.meanings)),
         "test_ambiguity": {
-            "captions": n_txt,
+            "gallery": {"images": n_img, "folds": len(folds)},
+            "captions": len(per_caption),
             "true_of_several_images": int((per_caption > 1).sum()),
             "images_per_caption": _stats(per_caption.tolist()),
             # Text-to-image ceiling: no model can tell apart the images a caption is equally true
@@ -545,11 +549,12 @@ def _main(argv: list[str] | None = None) -> None:
     if "extends" in (raw or {}):
         parser.error(f"{args.setting} extends another setting; resolve it with the harness")
     data_cfg = DataConfig.model_validate((raw or {}).get("data", {}))
+    fold_size = ((raw or {}).get("eval") or {}).get("fold_size")
     if args.cache_dir is not None:
-        result = card(data_cfg, args.cache_dir)
+        result = card(data_cfg, args.cache_dir, fold_size)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            result = card(data_cfg, Path(tmp))
+            result = card(data_cfg, Path(tmp), fold_size)
     json.dump(result, sys.stdout, indent=2)
     print()
 
