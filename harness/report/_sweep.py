@@ -129,6 +129,7 @@ def _importances(
         return {}, None
     if len(complete) < 2:
         return {}, f"parameter importances need 2 complete trials ({len(complete)} so far)"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" line in a report
     study = optuna.create_study(direction=direction)
     study.add_trials([
         optuna.trial.create_trial(params=_typed(row.params, distributions), distributions=dict(distributions), value=row.value)

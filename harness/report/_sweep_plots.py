@@ -67,7 +67,7 @@ def plot_importances(report: SweepReport) -> Figure | None:
         for y, key in enumerate(keys):
             ax.text(report.importances[key], y, f" {report.importances[key]:.2f}", va="center", fontsize="small")
         ax.set_xlim(0, max(report.importances.values()) * 1.2 or 1)
-        ax.set_xlabel(f"Importance for {_objective_label(report).lower()} (fANOVA)")
+        ax.set_xlabel(f"Importance for the {_objective_label(report)} (fANOVA)")
         ax.set_title(f"{report.name}: parameter importances")
     return fig
 

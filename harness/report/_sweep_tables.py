@@ -52,11 +52,12 @@ def _objective(report: SweepReport) -> str:
     return f"validation {metric_label(report.objective.removeprefix('val/'))}"
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, metric: bool = False) -> str:
+    """A metric with one decimal (recalls in percent), a parameter with four significant digits."""
     if value is None or (isinstance(value, float) and value != value):
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:.1f}"
+        return f"{value:.1f}" if metric else f"{value:.4g}"
     return str(value)
 
 
@@ -84,10 +85,10 @@ def sweep_to_latex(report: SweepReport, standalone: bool = False) -> str:
     ]
     for row in table.itertuples(index=False):
         values = list(row)
-        objective = _cell(values[2])
+        objective = _cell(values[2], metric=True)
         if best is not None and values[2] == best:
             objective = rf"\textbf{{{objective}}}"
-        cells = [str(values[0]), str(values[1]), objective, _cell(values[3]), str(values[4])]
+        cells = [str(values[0]), str(values[1]), objective, _cell(values[3], metric=True), str(values[4])]
         cells += [latex_escape(_cell(v)) for v in values[5:]]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -110,8 +111,8 @@ def sweep_to_markdown(report: SweepReport) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
     for i, row in enumerate(table.itertuples(index=False)):
         values = list(row)
-        objective = f"**{_cell(values[2])}**" if i == 0 else _cell(values[2])
-        cells = [str(values[0]), str(values[1]), objective, _cell(values[3]), str(values[4])]
+        objective = f"**{_cell(values[2], metric=True)}**" if i == 0 else _cell(values[2], metric=True)
+        cells = [str(values[0]), str(values[1]), objective, _cell(values[3], metric=True), str(values[4])]
         cells += [markdown_escape(_cell(v)) for v in values[5:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", markdown_escape(_caption(report))]
