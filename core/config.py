@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.metric_keys import SELECTABLE
+
 __all__ = [
     "Section",
     "SynthScenesConfig",
@@ -35,7 +37,7 @@ __all__ = [
 
 Pooling = Literal["gpo", "mean", "cls"]
 # Retrieval metrics where higher is better (the candidates for checkpoint selection).
-SelectMetric = Literal["rsum", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
+SelectMetric = Literal[SELECTABLE]
 
 
 class Section(BaseModel):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from core.errors import UserError
+from core.metric_keys import DIRECTIONS, KS, RSUM, rank_key, recall_key
 
 __all__ = ["retrieval_ranks", "metrics_from_ranks", "retrieval_recall", "kfold_recall", "kfold_ranks"]
 
@@ -77,9 +78,9 @@ def retrieval_ranks(
 
 
 def metrics_from_ranks(
-    i2t_ranks: torch.Tensor | np.ndarray, t2i_ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = (1, 5, 10)
+    i2t_ranks: torch.Tensor | np.ndarray, t2i_ranks: torch.Tensor | np.ndarray, ks: Sequence[int] = KS
 ) -> dict[str, float]:
-    """Every retrieval metric, from 0-based ranks; the one place that spells the metric keys.
+    """Every retrieval metric, from 0-based ranks (keys from :mod:`core.metric_keys`).
 
     Keys: ``i2t_r{k}`` and ``t2i_r{k}`` for each k (recall in percent: share of queries with rank
     below k), ``rsum`` (sum of those recalls), ``i2t_medr i2t_meanr t2i_medr t2i_meanr`` (1-based,
@@ -91,15 +92,15 @@ def metrics_from_ranks(
         ks: the recall cut-offs, positive integers.
     """
     _check_ks(ks)
-    ranks = {"i2t": _rank_array(i2t_ranks, "i2t_ranks"), "t2i": _rank_array(t2i_ranks, "t2i_ranks")}
+    ranks = dict(zip(DIRECTIONS, (_rank_array(i2t_ranks, "i2t_ranks"), _rank_array(t2i_ranks, "t2i_ranks"))))
     recalls = {
-        f"{direction}_r{k}": 100.0 * int(np.count_nonzero(r < k)) / r.size for direction, r in ranks.items() for k in ks
+        recall_key(direction, k): 100.0 * int(np.count_nonzero(r < k)) / r.size for direction, r in ranks.items() for k in ks
     }
     summaries = {}
     for direction, r in ranks.items():
-        summaries[f"{direction}_medr"] = float(np.floor(np.median(r)) + 1)
-        summaries[f"{direction}_meanr"] = float(r.mean() + 1)
-    return {**recalls, "rsum": sum(recalls.values()), **summaries}
+        summaries[rank_key(direction, "medr")] = float(np.floor(np.median(r)) + 1)
+        summaries[rank_key(direction, "meanr")] = float(r.mean() + 1)
+    return {**recalls, RSUM: sum(recalls.values()), **summaries}
 
 
 def retrieval_recall(

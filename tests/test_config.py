@@ -103,3 +103,38 @@ def test_the_stage_ablation_distils_from_a_pretrained_text_encoder_on_the_embedd
     assert config.model.text.backbone == "all-MiniLM-L6-v2" and config.model.text.pretrained
     assert config.model.text.config_overrides == {}
     assert "all-MiniLM-L6-v2" in study.description
+
+
+def test_every_config_choice_is_exactly_the_keys_of_the_registry_that_implements_it():
+    """A Literal in core/config.py and the dict that looks its value up must list the same names:
+    a choice without an implementation, or an implementation the config cannot select, fails here."""
+    import typing
+
+    from core import metric_keys
+    from core.data.sources import SOURCES
+    from core.losses import ALIGN_LOSSES, DISTILL_METRICS, STRUCTURE_METRICS
+    from core.model import PLACEMENTS, POOLS
+    from core.runtime import AUTO_PRECISION, Precision
+    from core.train import SCHEDULES
+    from harness.config_doc import config_keys
+
+    registries = {
+        "data.source": SOURCES,
+        "model.image.pool": POOLS,
+        "model.text.pool": POOLS,
+        "model.decoder.placement": PLACEMENTS,
+        "align.loss": ALIGN_LOSSES,
+        "finetune.distill.metric": DISTILL_METRICS,
+        "structure.metric": STRUCTURE_METRICS,
+        "optim.schedule": SCHEDULES,
+        "runtime.precision": ("auto", *typing.get_args(Precision)),
+        "eval.select_metric": metric_keys.SELECTABLE,
+        "eval.test_on": ("whole", "folds"),  # a switch read in harness/_stages.py
+    }
+    assert set(AUTO_PRECISION.values()) <= set(typing.get_args(Precision))
+    choices = [k for k in config_keys() if " | " in k.type and "None" not in k.type]
+    assert choices, "no Literal fields found"
+    for key in choices:
+        registry = next((r for suffix, r in registries.items() if key.key.endswith(suffix)), None)
+        assert registry is not None, f"{key.key}: a choice with no registry in this test"
+        assert key.type.split(" | ") == list(registry), key.key

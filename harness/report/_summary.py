@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.metric_keys import RECALLS, RSUM, TABLE_ORDER
 from harness.report._bootstrap import Delta, Ranks, paired_bootstrap_rsum
 from harness.report._labels import lower_is_better
 from harness.report._power import Power, power
@@ -20,12 +21,8 @@ from harness.tracking import names
 
 __all__ = ["Problem", "StudyReport", "table_columns", "pick_runs", "summarise", "study_report"]
 
-PAPER_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")  # always shown
-_ORDER = (  # grouped: I2T block, T2I block, then rSum
-    "i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
-    "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr",
-    "rsum",
-)
+PAPER_COLUMNS = (*RECALLS, RSUM)  # always shown
+_ORDER = TABLE_ORDER  # grouped: I2T block, T2I block, then rSum
 FINISHED = "FINISHED"
 MISSING = "MISSING"  # the status of an (arm, seed) the study asks for and the store lacks
 _TIE_DECIMALS = 9  # means equal to this many decimals tie (sums in a different order differ in the last bits)
@@ -271,7 +268,7 @@ def _deltas(
 
 def _power(baseline: str | None, deltas: Mapping[str, Delta], values: pd.DataFrame, detect: float | None) -> dict[str, Power]:
     """Each delta's power line, from the per-seed rSum differences on the seeds it paired."""
-    rsum = values[values["metric"] == "rsum"].groupby(["arm", "seed"])["value"].mean()
+    rsum = values[values["metric"] == RSUM].groupby(["arm", "seed"])["value"].mean()
     lines = {}
     for arm, delta in deltas.items():
         differences = [
@@ -282,7 +279,7 @@ def _power(baseline: str | None, deltas: Mapping[str, Delta], values: pd.DataFra
 
 
 def _run_problems(picked: pd.DataFrame, values: pd.DataFrame, split: str) -> list[Problem]:
-    with_metrics = set(values.loc[values["metric"] == "rsum", "run_id"])
+    with_metrics = set(values.loc[values["metric"] == RSUM, "run_id"])
     problems = []
     for row in picked.itertuples():
         if row.status != FINISHED:

@@ -1,5 +1,7 @@
 """Every name the harness writes to MLflow, in one place (design.md, "Tracking store layout")."""
 
+from core import metric_keys
+
 __all__ = [
     "TAG_STUDY", "TAG_ARM", "TAG_SEED", "TAG_STAGE", "TAG_CONFIG_HASH", "TAG_PRETRAIN_RUN_ID",
     "TAG_GIT_COMMIT", "TAG_GIT_DIRTY", "TAG_PARENT_RUN_ID", "METRICS", "train_metric", "val_metric",
@@ -9,6 +11,7 @@ __all__ = [
     "STAGE_SWEEP", "TAG_TRIAL", "TAG_TRIAL_STATE", "TAG_TRIAL_PARAMS", "TAG_TRIAL_VALUE", "TAG_REQUEUE_OF",
     "TRIAL_STATES", "TAG_OBJECTIVE", "TAG_DIRECTION", "TAG_SAMPLER", "TAG_PRUNER", "TAG_STORAGE",
     "TAG_BEST_PARAMS", "TAG_BEST_TRIAL", "BEST_VALUE", "ARTIFACT_SWEEP", "trial_label",
+    "TAG_OWNER", "TAG_HEARTBEAT", "TAG_HOLDERS", "TAG_CHECKPOINT", "ARTIFACT_STAGE",
 ]
 
 TAG_STUDY = "harness.study"
@@ -26,12 +29,15 @@ STAGE_PRETRAIN = "pretrain"  # harness.stage of a shared pre-training run
 TAG_ARM_ORDER = "harness.arm_order"  # JSON list of arm labels, in the study's order
 TAG_BASELINE = "harness.baseline"  # the arm the others are compared with
 TAG_SEEDS = "harness.seeds"  # JSON list: the seeds the last `harness run` asked for (--seeds or the file's)
+# Ownership of a stage run (docs/reliability.md): who runs it now, and where its outputs are.
+TAG_OWNER = "harness.owner"  # JSON {host, pid, pidns, token}: the process running the run (while RUNNING)
+TAG_HEARTBEAT = "harness.heartbeat"  # unix seconds, refreshed by the owner while it runs the run
+TAG_HOLDERS = "harness.holders"  # JSON list of {host, workdir} whose stages/<hash>/ hold the outputs
+TAG_CHECKPOINT = "harness.checkpoint"  # the artifact folder holding the stage's checkpoint, when logged
+ARTIFACT_STAGE = "stage"  # that folder: best.safetensors, best.json, record.json (--share-checkpoints)
 
-# Retrieval metric keys, recalls in percent (core.metrics spells them the same way).
-METRICS = (
-    "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum",
-    "i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr",
-)
+# Retrieval metric keys, recalls in percent: core's, logged as val/<key> and test/<key>.
+METRICS = metric_keys.METRICS
 TRAIN_LOSS = "train/loss"
 LR = "lr"
 PAIRS_PER_S = "train/pairs_per_s"
