@@ -14,12 +14,12 @@ from core.data.synthscenes import (
     Obj,
     Scene,
     caption_is_true,
-    card,
     dense_caption,
     make_record,
     records,
     render,
 )
+from core.data.synthscenes.card import card
 from core.errors import UserError
 
 
