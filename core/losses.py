@@ -2,7 +2,10 @@
 relational distillation, and the cross-process gather they share.
 
 Every loss is an ``nn.Module`` returning ``{name: weighted term}`` with keys ending in ``_loss``;
-the trainer sums the terms and logs each. Every loss sees the *global* batch: it gathers its
+the trainer sums the terms and logs each. Inputs are named, and each loss declares the names it
+reads (``inputs``): the trainer hands :class:`Losses` one dict (``image``, ``text``,
+``image_ids``, ``progress`` and the teachers' ``dense``, ``image_teacher``, ``text_teacher``) and
+each enabled loss takes its own arguments from it. Every loss sees the *global* batch: it gathers its
 inputs with :func:`gather_features` first, so one process and N processes compute the same value.
 Inputs are ``(B, D)`` embeddings (L2-normalised by the model) of B matched pairs, row i of every
 argument belonging to pair i.
@@ -29,6 +32,7 @@ __all__ = [
     "AlignmentLoss",
     "DenseDistillLoss",
     "StructureLoss",
+    "Losses",
     "build_losses",
     "ALIGN_LOSSES",
     "DISTILL_METRICS",
@@ -188,6 +192,8 @@ class AlignmentLoss(nn.Module):
     first ``align.ramp_epochs`` epochs, by ``progress / ramp_epochs`` (the released trainer ramps
     its alignment loss from 0 to 1 over epoch 0)."""
 
+    inputs = ("image", "text", "image_ids", "progress")
+
     def __init__(self, cfg: AlignConfig):
         super().__init__()
         self.weight = cfg.weight
@@ -258,17 +264,20 @@ class DenseDistillLoss(nn.Module):
     The teacher is detached here: the gradient reaches the student only.
     """
 
+    inputs = ("text", "dense")
+
     def __init__(self, cfg: DistillConfig):
         super().__init__()
         self.weight = cfg.weight
         self.temperature = cfg.temperature
         self.metric = _lookup(DISTILL_METRICS, cfg.metric, "distill.metric")
 
-    def forward(self, student: Tensor, teacher: Tensor) -> dict[str, Tensor]:
+    def forward(self, text: Tensor, dense: Tensor) -> dict[str, Tensor]:
         """Args:
-        student: ``(B, D)`` sparse-caption embeddings. teacher: ``(B, D)`` dense-caption embeddings.
+        text: ``(B, D)`` sparse-caption embeddings (student). dense: ``(B, D)`` the frozen
+            teacher's dense-caption embeddings.
         """
-        student, teacher = gather_features(student), gather_features(teacher.detach())
+        student, teacher = gather_features(text), gather_features(dense.detach())
         return {"distill_loss": self.weight * self.metric(student, teacher, self.temperature)}
 
 
@@ -320,6 +329,8 @@ class StructureLoss(nn.Module):
     student does; so they are left out.
     """
 
+    inputs = ("image", "text", "image_teacher", "text_teacher")
+
     def __init__(self, cfg: StructureConfig):
         super().__init__()
         self.weight = cfg.weight
@@ -352,14 +363,28 @@ class StructureLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- builder
-def build_losses(stage: StageConfig) -> nn.ModuleDict:
+class Losses(nn.ModuleDict):
+    """A stage's enabled losses by name; calling it with the step's named inputs gives every
+    loss's terms, merged (the trainer's whole wiring of losses)."""
+
+    def forward(self, **inputs: Tensor | float) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        for name, loss in self.items():
+            missing = [key for key in loss.inputs if key not in inputs]
+            if missing:
+                raise KeyError(f"the {name} loss needs {', '.join(missing)}; given: {', '.join(inputs)}")
+            terms.update(loss(**{key: inputs[key] for key in loss.inputs}))
+        return terms
+
+
+def build_losses(stage: StageConfig) -> Losses:
     """The losses a stage enables: always ``align``; ``distill`` when the stage has an enabled
     ``distill`` section (fine-tuning); ``structure`` when ``structure.enabled``.
 
     Args:
         stage: the stage's config section (``config.pretrain`` or ``config.finetune``).
     """
-    losses = nn.ModuleDict({"align": AlignmentLoss(stage.align)})
+    losses = Losses({"align": AlignmentLoss(stage.align)})
     distill: DistillConfig | None = getattr(stage, "distill", None)
     if distill is not None and distill.enabled:
         losses["distill"] = DenseDistillLoss(distill)

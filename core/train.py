@@ -257,12 +257,8 @@ def train_stage(
                 emb = ddp_model(images, texts, decoder=use_decoder)
                 taught = teachers(batch, images) if teachers is not None else {}
             image, text = emb["image"].float(), emb["text"].float()
-            # loss terms: each loss returns named terms; the total is their sum
-            terms = dict(losses["align"](image, text, image_ids, progress))
-            if "distill" in losses:
-                terms.update(losses["distill"](text, taught["dense"]))
-            if "structure" in losses:
-                terms.update(losses["structure"](image, text, taught["image_teacher"], taught["text_teacher"]))
+            # loss terms: each enabled loss reads its named inputs and returns named terms
+            terms = losses(image=image, text=text, image_ids=image_ids, progress=progress, **taught)
             loss = sum(terms.values())
             # backward, clip, step
             optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.config import AlignConfig, DistillConfig, FinetuneConfig, StructureConfig
-from core.losses import AlignmentLoss, DenseDistillLoss, StructureLoss, build_losses
+from core.losses import AlignmentLoss, DenseDistillLoss, Losses, StructureLoss, build_losses
 
 WORLD = 2
 BATCH = 8  # global; 4 per process
@@ -35,41 +35,27 @@ def _data() -> dict[str, Tensor]:
     }
 
 
-def _align(cfg: AlignConfig, epoch: int) -> tuple[Callable[[], nn.Module], Callable]:
-    return lambda: AlignmentLoss(cfg), lambda m, x: m(x["image"], x["text"], x["image_ids"], epoch)
+def _alone(loss: Callable[[], nn.Module]) -> Callable[[], Losses]:
+    return lambda: Losses({"loss": loss()})
 
 
-def _distill(metric: str) -> tuple[Callable[[], nn.Module], Callable]:
-    cfg = DistillConfig(metric=metric, temperature=0.3)
-    return lambda: DenseDistillLoss(cfg), lambda m, x: m(x["text"], x["dense"])
-
-
-def _structure(metric: str) -> tuple[Callable[[], nn.Module], Callable]:
-    cfg = StructureConfig(enabled=True, metric=metric, mix_init=0.4, temperature=0.5)
-    return lambda: StructureLoss(cfg), lambda m, x: m(x["image"], x["text"], x["image_teacher"], x["text_teacher"])
-
-
-def _all_terms(m: nn.ModuleDict, x: dict[str, Tensor]) -> dict[str, Tensor]:
-    """What the trainer does with build_losses' output: every enabled loss, terms merged."""
-    return {
-        **m["align"](x["image"], x["text"], x["image_ids"], 1),
-        **m["distill"](x["text"], x["dense"]),
-        **m["structure"](x["image"], x["text"], x["image_teacher"], x["text_teacher"]),
-    }
-
-
-CASES: dict[str, tuple[Callable[[], nn.Module], Callable]] = {
-    "triplet_all_negatives": _align(AlignConfig(loss="triplet"), epoch=0),
-    "triplet_hardest": _align(AlignConfig(loss="triplet"), epoch=1),
-    "infonce": _align(AlignConfig(loss="infonce", temperature=0.2), epoch=0),
-    **{f"distill_{metric}": _distill(metric) for metric in ("cosine", "l2", "l1", "kl")},
-    **{f"structure_{metric}": _structure(metric) for metric in ("mae", "mse", "kl")},
-    "all": (
-        lambda: build_losses(
-            FinetuneConfig(align=AlignConfig(loss="infonce"), structure=StructureConfig(enabled=True))
-        ),
-        _all_terms,
-    ),
+CASES: dict[str, tuple[Callable[[], Losses], float]] = {  # (losses, the step's progress in epochs)
+    "triplet_all_negatives": (_alone(lambda: AlignmentLoss(AlignConfig(loss="triplet"))), 0.0),
+    "triplet_hardest": (_alone(lambda: AlignmentLoss(AlignConfig(loss="triplet"))), 1.0),
+    "infonce": (_alone(lambda: AlignmentLoss(AlignConfig(loss="infonce", temperature=0.2))), 0.0),
+    **{
+        f"distill_{metric}": (_alone(lambda metric=metric: DenseDistillLoss(DistillConfig(metric=metric, temperature=0.3))), 0.0)
+        for metric in ("cosine", "l2", "l1", "kl")
+    },
+    **{
+        f"structure_{metric}": (
+            _alone(lambda metric=metric: StructureLoss(StructureConfig(enabled=True, metric=metric, mix_init=0.4, temperature=0.5))),
+            0.0,
+        )
+        for metric in ("mae", "mse", "kl")
+    },
+    # what the trainer builds and calls: every enabled loss, from the step's one dict of inputs
+    "all": (lambda: build_losses(FinetuneConfig(align=AlignConfig(loss="infonce"), structure=StructureConfig(enabled=True))), 1.0),
 }
 
 
@@ -77,10 +63,10 @@ def _run_cases(rows: slice) -> dict[str, dict[str, Tensor]]:
     """Every case on the pairs ``rows`` of the global batch: the loss value, the gradient w.r.t.
     the global embeddings (zero outside ``rows``) and the losses' own parameter gradients."""
     results = {}
-    for name, (build, call) in CASES.items():
+    for name, (build, progress) in CASES.items():
         data = {k: v.clone().requires_grad_(k in STUDENT) for k, v in _data().items()}
         module = build()
-        loss = sum(call(module, {k: v[rows] for k, v in data.items()}).values())
+        loss = sum(module(progress=progress, **{k: v[rows] for k, v in data.items()}).values())
         loss.backward()
         results[name] = {
             "loss": loss.detach(),

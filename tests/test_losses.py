@@ -123,7 +123,7 @@ def test_infonce_starting_temperature_must_exceed_the_floor():
 @pytest.mark.parametrize("metric", sorted(DISTILL_METRICS))
 def test_distill_metric_is_zero_for_identical_student_and_teacher(metric):
     x = _unit(6, 8, seed=11).float()
-    loss = DenseDistillLoss(DistillConfig(metric=metric))(x, x.clone())["distill_loss"]
+    loss = DenseDistillLoss(DistillConfig(metric=metric))(text=x, dense=x.clone())["distill_loss"]
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -289,3 +289,13 @@ def test_loss_values_are_finite_for_a_batch_of_two():
     ).items():
         args = {"align": (x, y, torch.arange(2), 0), "distill": (x, y), "structure": (x, y, x, y)}[name]
         assert all(math.isfinite(v.item()) for v in loss(*args).values())
+
+
+def test_losses_take_their_named_inputs_from_one_dict_and_name_what_is_missing():
+    losses = build_losses(FinetuneConfig(align=AlignConfig(loss="infonce")))
+    image, text, dense = _unit(4, 8, seed=41), _unit(4, 8, seed=42), _unit(4, 8, seed=43)
+    terms = losses(image=image, text=text, image_ids=torch.arange(4), progress=0.0, dense=dense, image_teacher=image)
+    assert set(terms) == {"align_loss", "distill_loss"}  # unread inputs (image_teacher) are ignored
+    assert terms["distill_loss"].item() == pytest.approx(losses["distill"](text=text, dense=dense)["distill_loss"].item())
+    with pytest.raises(KeyError, match="the distill loss needs dense"):
+        losses(image=image, text=text, image_ids=torch.arange(4), progress=0.0)
