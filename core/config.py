@@ -33,6 +33,7 @@ __all__ = [
     "EvalConfig",
     "RuntimeConfig",
     "Config",
+    "DensifyConfig",
 ]
 
 Pooling = Literal["gpo", "mean", "cls"]
@@ -285,3 +286,20 @@ class Config(Section):
     finetune: FinetuneConfig = FinetuneConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+
+# ------------------------------------------------------------------------------------- densify
+class DensifyConfig(Section):
+    """How ``harness densify`` generates dense captions (not part of a training run's tree).
+    Defaults are the D2S-VSE authors' settings."""
+
+    model: str  # local folder saved with save_pretrained: processor + image-text-to-text model
+    model_id: str | None = None  # recorded in every line; None: the model folder's name
+    prompt: str = "Describe this image in detail."  # the instruction given with each image
+    top_p: float = Field(0.9, gt=0.0, le=1.0)  # nucleus sampling mass
+    temperature: float = Field(0.2, ge=0.0)  # 0: greedy decoding (top_p unused)
+    max_new_tokens: int = Field(500, ge=1)  # the longest caption, in tokens
+    batch_size: int = Field(8, ge=1)  # images per generation batch
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    seed: int = 0  # sampling seed

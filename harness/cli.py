@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from core.config import DensifyConfig
 from core.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
@@ -229,32 +230,38 @@ def prepare(setting: Setting = None, set_: Sets = [], workdir: Workdir = None):
         console.print(f"{split}: {path}")
 
 
+def _densify_help(field: str) -> str:
+    """An option's help: the config field's comment and its default, both from DensifyConfig."""
+    from harness.config_doc import config_keys
+
+    key = next(k for k in config_keys(DensifyConfig) if k.key == field)
+    return f"{key.description} (default: {key.default!r})"
+
+
 @app.command()
 @_friendly_errors
 def densify(
     model: Annotated[str, typer.Option(help="Local folder of an image-text-to-text model (LLaVA family)")],
     out: Annotated[Path, typer.Option(help="The dense-caption JSONL to write (appended, resumable)")],
     splits: Annotated[str, typer.Option(help="Comma-separated splits to caption")] = "train,val,test",
-    prompt: Annotated[str, typer.Option(help="The instruction given with each image")] = "Describe this image in detail.",
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass")] = 0.9,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy)")] = 0.2,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest caption, in tokens")] = 500,
-    batch_size: Annotated[int, typer.Option(help="Images per generation batch")] = 8,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    seed: Annotated[int, typer.Option(help="Sampling seed")] = 0,
+    prompt: Annotated[Optional[str], typer.Option(help=_densify_help("prompt"))] = None,
+    top_p: Annotated[Optional[float], typer.Option(help=_densify_help("top_p"))] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=_densify_help("temperature"))] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help=_densify_help("max_new_tokens"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=_densify_help("batch_size"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=_densify_help("device"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=_densify_help("seed"))] = None,
     setting: Setting = None,
     set_: Sets = [],
     workdir: Workdir = None,
 ):
     """Write dense captions for a dataset's images with a local vision-language model."""
-    from core.data.densify import DensifyConfig
     from harness.config import resolve
     from harness.densify import run_densify
 
-    cfg = DensifyConfig(
-        model=model, prompt=prompt, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, device=device, seed=seed,
-    )
+    given = dict(prompt=prompt, top_p=top_p, temperature=temperature, max_new_tokens=max_new_tokens,
+                 batch_size=batch_size, device=device, seed=seed)
+    cfg = DensifyConfig(model=model, **{key: value for key, value in given.items() if value is not None})
     config = resolve(setting, set_)
     names = tuple(s.strip() for s in splits.split(","))
     stats = run_densify(config.data, cfg, out, resolve_workdir(workdir) / "data", names)

@@ -99,7 +99,8 @@ def test_setting_option_plans_a_study_at_paper_scale_and_names_the_missing_data(
     for name in ("ann.json", "dense.jsonl"):
         (tmp_path / name).write_text("{}")
     paths = [f"data.annotations={tmp_path / 'ann.json'}", f"data.image_root={tmp_path / 'images'}",
-             f"data.dense_captions={tmp_path / 'dense.jsonl'}"]
+             f"data.dense_captions={tmp_path / 'dense.jsonl'}", "model.image.pretrained=null",
+             "model.text.backbone=all-MiniLM-L6-v2"]  # weights that exist here
     planned = runner.invoke(app, [*args, *(x for p in paths for x in ("--set", p))])
     assert planned.exit_code == 0, planned.output
     assert "3 (arm, seed) runs, 1 pre-trainings" in planned.output

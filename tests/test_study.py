@@ -38,13 +38,15 @@ def labels(study: Study) -> list[str]:
 PAPER_SETTINGS = ("flickr30k-vit224", "flickr30k-swin224", "coco-vit224")
 
 
-def _paper_data(tmp_path: Path) -> dict[str, str]:
-    """Stand-ins for a paper-scale dataset's files: planning reads their sizes and times only."""
+def _paper_data(tmp_path: Path) -> dict[str, str | None]:
+    """Stand-ins for a paper-scale dataset's files (planning reads their sizes and times only),
+    and weights that exist here (the local ViT/BERT weights of the paper settings do not)."""
     (tmp_path / "images").mkdir(exist_ok=True)
     for name in ("dataset.json", "dense.jsonl"):
         (tmp_path / name).write_text("{}")
     return {"data.annotations": str(tmp_path / "dataset.json"), "data.image_root": str(tmp_path / "images"),
-            "data.dense_captions": str(tmp_path / "dense.jsonl")}
+            "data.dense_captions": str(tmp_path / "dense.jsonl"), "model.image.pretrained": None,
+            "model.text.backbone": "all-MiniLM-L6-v2"}
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])

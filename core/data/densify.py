@@ -38,7 +38,7 @@ from PIL import Image
 from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from core.config import Section
+from core.config import DensifyConfig
 from core.errors import UserError
 from core.runtime import precision_dtype, resolve_device, resolve_precision
 
@@ -54,21 +54,6 @@ SAMPLING_KEYS = ("prompt", "top_p", "temperature", "max_new_tokens", "seed")
 
 ImageLike = Image.Image | np.ndarray
 Progress = Callable[[int, int | None], None]
-
-
-class DensifyConfig(Section):
-    """How dense captions are generated. Defaults are the D2S-VSE authors' settings."""
-
-    model: str  # local folder saved with save_pretrained: processor + image-text-to-text model
-    model_id: str | None = None  # recorded in every line; None: the model folder's name
-    prompt: str = "Describe this image in detail."
-    top_p: float = Field(0.9, gt=0.0, le=1.0)
-    temperature: float = Field(0.2, ge=0.0)  # 0: greedy decoding (top_p unused)
-    max_new_tokens: int = Field(500, ge=1)
-    batch_size: int = Field(8, ge=1)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    seed: int = 0
 
 
 @dataclass(frozen=True)
