@@ -7,12 +7,17 @@ The checkpoint is chosen on the validation split only; the test split is never s
 
 Resuming: the last epoch is checkpointed with the optimiser; every source of randomness is a
 function of ``(runtime.seed, epoch)`` (data order, augmentation, dropout), so a run resumed at an
-epoch boundary ends with the same weights as an uninterrupted one.
+epoch boundary ends with the same weights as an uninterrupted one. A damaged ``last`` checkpoint
+(or a damaged ``best`` that it points to) is set aside as ``*.damaged`` with one warning naming it,
+and the stage restarts from epoch 0: ``best`` holds no optimiser state, so resuming from it would
+give other weights than an uninterrupted run under the same stage hash.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +27,15 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from core.checkpoint import load_checkpoint, load_weights, optimizer_from_flat, optimizer_to_flat, save_checkpoint
+from core.checkpoint import (
+    DamagedCheckpoint,
+    checkpoint_problem,
+    load_checkpoint,
+    load_weights,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+)
 from core.config import Config, ModelConfig, OptimConfig, StageConfig
 from core.data import Collator, PairDataset, Split, build_splits
 from core.errors import UserError
@@ -46,6 +59,8 @@ __all__ = [
 
 Stage = Literal["pretrain", "finetune"]
 LAST, BEST = "last.safetensors", "best.safetensors"
+DAMAGED = ".damaged"  # suffix of a damaged checkpoint's files, kept for inspection
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -217,8 +232,9 @@ def train_stage(
     history: list[dict[str, float]] = []
     checkpoint_seconds = 0.0
     best_epoch, best_score, best_metrics, start_epoch = -1, -math.inf, {}, 0
-    if (out_dir / LAST).is_file():  # resume
-        tensors, meta = load_checkpoint(out_dir / LAST)
+    resume = _resume_point(out_dir, stage)
+    if resume is not None:
+        tensors, meta = resume
         load_weights(model, tensors, "model.")
         load_weights(losses, tensors, "loss.")
         optimizer_from_flat(optimizer, tensors, meta["optimizer"])
@@ -313,6 +329,25 @@ def train_stage(
         if rank == 0:
             save_checkpoint(out_dir / BEST, _weights(model, losses), {"stage": stage, "epoch": -1, "metrics": best_metrics})
     return StageResult(stage, out_dir, best_epoch, best_metrics, history, checkpoint_seconds)
+
+
+def _resume_point(out_dir: Path, stage: Stage) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The ``last`` checkpoint to resume from, or None: none yet, or a damaged one (set aside)."""
+    if not (out_dir / LAST).is_file():
+        return None
+    try:
+        tensors, meta = load_checkpoint(out_dir / LAST)
+        problem = checkpoint_problem(out_dir / BEST) if meta["best_epoch"] >= 0 else None
+        if problem is not None:
+            raise DamagedCheckpoint(out_dir / BEST, problem)
+    except DamagedCheckpoint as err:
+        for name in (LAST, BEST):
+            for path in (out_dir / name, (out_dir / name).with_suffix(".json")):
+                if path.exists():
+                    os.replace(path, path.with_name(path.name + DAMAGED))
+        log.warning("%s; %s stage %s restarts from epoch 0 (damaged files kept as *%s)", err, stage, out_dir.name, DAMAGED)
+        return None
+    return tensors, meta
 
 
 def _check_finite(sums: dict[str, torch.Tensor], stage: Stage, epoch: int, step: int) -> None:
