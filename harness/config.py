@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.config import Config
 from core.errors import UserError
+from core.files import read_utf8
 
 __all__ = [
     "DEFAULT_SETTING",
@@ -85,7 +86,7 @@ def load_yaml(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    return _parse_yaml(str(path), path.read_text())
+    return _parse_yaml(str(path), read_utf8(path))
 
 
 def setting_path(setting: str | os.PathLike) -> Path:
@@ -153,7 +154,7 @@ def _read_setting(path: Path) -> Any:
     """
     if not path.is_file():
         return load_yaml(path)  # raises the missing-file error
-    return copy.deepcopy(_parse_setting(str(path), path.read_text()))
+    return copy.deepcopy(_parse_setting(str(path), read_utf8(path)))
 
 
 def _parse_yaml(name: str, text: str) -> Any:

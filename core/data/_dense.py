@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.files import read_utf8
 
 __all__ = ["KEYS", "RealSplit", "match_dense", "dense_files"]
 
@@ -87,19 +88,18 @@ def _read_lines(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise UserError(f"data.dense_captions: file not found: {path}")
     lines, bad = [], []
-    with open(path, encoding="utf-8") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as err:
-                bad.append(f"line {number} ({err.msg})")
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
-                bad.append(f"line {number} (no non-empty 'text')")
-                continue
-            lines.append((number, obj))
+    for number, raw in enumerate(read_utf8(path, "data.dense_captions").split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as err:
+            bad.append(f"line {number} ({err.msg})")
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            bad.append(f"line {number} (no non-empty 'text')")
+            continue
+        lines.append((number, obj))
     if bad:
         raise UserError(f"data.dense_captions {path}: {len(bad)} bad lines: {', '.join(bad[:EXAMPLES])}")
     return lines

@@ -8,6 +8,7 @@ half-written cache is discarded), so one run of ``harness prepare`` names every 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -19,7 +20,7 @@ from PIL import Image
 from core.data.cache import fit_square
 from core.errors import UserError
 
-__all__ = ["check_files_exist", "Decoder"]
+__all__ = ["check_inside_root", "check_files_exist", "Decoder"]
 
 EXAMPLES = 5  # how many offending files an error message names
 
@@ -27,6 +28,28 @@ EXAMPLES = 5  # how many offending files an error message names
 def _examples(items: list[str]) -> str:
     shown = ", ".join(items[:EXAMPLES])
     return shown + (f", ... ({len(items) - EXAMPLES} more)" if len(items) > EXAMPLES else "")
+
+
+def check_inside_root(paths: dict[str, list[Path]], root: Path) -> None:
+    """Raise one UserError naming the image paths that lead outside ``root`` (``../`` segments or
+    an absolute path in an annotation file): an annotation file chooses which files are opened,
+    and it may come from anywhere. Paths are compared as written, so symbolic links inside
+    ``root`` (a dataset linked in from a larger disk) stay allowed.
+
+    Args:
+        paths: split name -> image files (``root / <path from the annotations>``).
+        root: the image folder (``data.image_root``).
+    """
+    top = os.path.normpath(os.path.abspath(root))
+    outside = [
+        str(p) for files in paths.values() for p in files
+        if os.path.commonpath([top, os.path.normpath(os.path.abspath(p))]) != top
+    ]  # fmt: skip
+    if outside:
+        raise UserError(
+            f"{len(outside)} image paths lead outside data.image_root={root} (annotation paths must be"
+            f" relative and stay inside it): {_examples(outside)}"
+        )
 
 
 def check_files_exist(paths: dict[str, list[Path]], root: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.config import DataConfig
 from core.data._dense import RealSplit, match_dense
-from core.data._images import Decoder, check_files_exist
+from core.data._images import Decoder, check_files_exist, check_inside_root
 from core.data.cache import Split, SplitData, cache_side, materialize, open_splits, write_split
 from core.errors import UserError
 
@@ -95,6 +95,7 @@ def _write(data: DataConfig, splits: dict[str, RealSplit], root: Path, side: int
         splits = {n: first_captions(s, data.captions_per_image) if n in EVAL_SPLITS else s for n, s in splits.items()}
     if data.dense_captions is not None:
         splits = match_dense(data.dense_captions, splits, data.skip_missing_dense)
+    check_inside_root({name: s.paths for name, s in splits.items()}, root)
     check_files_exist({name: s.paths for name, s in splits.items()}, root)
     decoder = Decoder(side, data.num_workers)
     for name, s in splits.items():

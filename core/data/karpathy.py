@@ -19,6 +19,7 @@ from core.data._dense import RealSplit
 from core.data._real import build_real, image_root, real_cache_params
 from core.data.cache import Split
 from core.errors import UserError
+from core.files import read_utf8
 
 __all__ = ["SPLIT_OF", "build", "cache_params", "read"]
 
@@ -58,7 +59,7 @@ def read(path: Path, root: Path) -> dict[str, RealSplit]:
         root: the image folder.
     """
     try:
-        images = json.loads(path.read_text(encoding="utf-8"))["images"]
+        images = json.loads(read_utf8(path, "data.annotations"))["images"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise UserError(f"{path}: not a Karpathy split JSON with an 'images' list ({err})") from None
     splits = {name: RealSplit(name, [], [], [], [], []) for name in ("train", "val", "test")}

@@ -20,6 +20,7 @@ from core.data._dense import RealSplit
 from core.data._real import build_real, image_root, real_cache_params
 from core.data.cache import Split
 from core.errors import UserError
+from core.files import read_utf8
 
 __all__ = ["SPLIT_FILES", "build", "cache_params", "read", "split_file_names"]
 
@@ -79,7 +80,7 @@ def read(folder: Path, names: dict[str, str], root: Path) -> dict[str, RealSplit
         root: the image folder.
     """
     try:
-        mapping = {str(k): str(v) for k, v in json.loads((folder / MAPPING).read_text(encoding="utf-8")).items()}
+        mapping = {str(k): str(v) for k, v in json.loads(read_utf8(folder / MAPPING, "data.annotations")).items()}
     except (json.JSONDecodeError, AttributeError) as err:
         raise UserError(f"{folder / MAPPING}: not a JSON object of id -> path ({err})") from None
     splits, unknown = {}, []
@@ -107,7 +108,7 @@ def read(folder: Path, names: dict[str, str], root: Path) -> dict[str, RealSplit
 
 
 def _lines(path: Path) -> list[str]:
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    lines = [line.strip() for line in read_utf8(path, "data.annotations").splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     return lines
