@@ -10,12 +10,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from harness.tracking import Tracker, default_tracking_uri, init_store, names, provenance
+from harness.tracking import Tracker, default_tracking_uri, init_store, lease, names, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 # MLflow's own SQLAlchemy models trigger this on every new store; it is not ours to fix.
@@ -131,13 +132,24 @@ class TrackerContract:
         assert client.get_experiment_by_name(study) is None
 
     def test_killed_process_resumes_into_its_run_leaving_one_finished_run(self, uri, client, study) -> None:
-        first = Tracker(uri, provenance=ORIGIN)  # the process that gets kill -9
-        parent = first.study_run(study)
-        run_id = first.start_run(study, "a", 0, "finetune", "h", parent, {"pretrain.epochs": 2})
-        first.log_metrics(run_id, {names.TRAIN_LOSS: 3.0}, step=0)
-        other = first.start_run(study, "gone", 0, "finetune", "g", parent)  # an arm since removed
+        parent = Tracker(uri, provenance=ORIGIN).study_run(study)
+        killed = textwrap.dedent(
+            f"""
+            import json, os
+            from harness.tracking import Tracker, names
+            tracker = Tracker({uri!r}, provenance={ORIGIN!r})
+            run_id = tracker.start_run({study!r}, "a", 0, "finetune", "h", {parent!r}, {{"pretrain.epochs": 2}})
+            tracker.log_metrics(run_id, {{names.TRAIN_LOSS: 3.0}}, step=0)
+            other = tracker.start_run({study!r}, "gone", 0, "finetune", "g", {parent!r})  # an arm since removed
+            print(json.dumps([run_id, other]), flush=True)
+            os._exit(0)  # as kill -9 would: no run is closed
+            """
+        )
+        done = subprocess.run([sys.executable, "-c", killed], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        run_id, other = json.loads(done.stdout.splitlines()[-1])
 
-        again = Tracker(uri, provenance=ORIGIN)  # the re-run, holding the study's lock
+        again = Tracker(uri, provenance=ORIGIN)  # the re-run: the owner's pid is gone
         assert again.study_run(study) == parent
         assert sorted(again.reap_unfinished(study)) == sorted([run_id, other])
         assert again.find_run(study, "a", 0, "finetune", "h") is None
@@ -153,6 +165,71 @@ class TrackerContract:
         assert sorted((m.step, m.value) for m in history) == [(0, 3.0), (1, 2.0)]
         assert client.get_run(run_id).data.params == {"pretrain.epochs": "2", "runtime.device": "cuda"}
         assert client.get_run(parent).info.status == "RUNNING"  # reaping leaves the parent alone
+
+    def test_a_run_whose_owner_is_alive_is_never_reaped_or_taken_over(self, uri, study) -> None:
+        tracker = Tracker(uri, provenance=ORIGIN)
+        parent = tracker.study_run(study)
+        holder = textwrap.dedent(
+            f"""
+            import sys
+            from harness.tracking import Tracker
+            tracker = Tracker({uri!r}, provenance={ORIGIN!r})
+            print(tracker.start_run({study!r}, "a", 0, "finetune", "h", {parent!r}), flush=True)
+            sys.stdin.read()  # alive until the test closes stdin or kills it
+            """
+        )
+        proc = subprocess.Popen([sys.executable, "-c", holder], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            run_id = proc.stdout.readline().strip()
+            assert run_id, "the holder process did not open its run"
+            assert tracker.reap_unfinished(study) == []  # another workdir's live run is not an orphan
+            claim = tracker.claim_run(study, "a", 0, "finetune", "h", parent)
+            assert (claim.kind, claim.run_id, claim.owner.pid) == ("busy", run_id, proc.pid)
+        finally:
+            proc.kill()
+            proc.wait()
+        claim = tracker.claim_run(study, "a", 0, "finetune", "h", parent)  # its owner is dead now
+        assert (claim.kind, claim.run_id) == ("owned", run_id)
+        tracker.end_run(run_id)
+        assert tracker.claim_run(study, "a", 0, "finetune", "h", parent).kind == "finished"
+
+    def test_another_hosts_run_is_taken_over_only_when_its_heartbeat_is_stale(self, uri, client, study) -> None:
+        tracker = Tracker(uri, provenance=ORIGIN)
+        parent = tracker.study_run(study)
+        run_id = tracker.start_run(study, "a", 0, "finetune", "h", parent)
+        tracker.end_run(run_id, "KILLED")  # stop our heartbeat; then make it another machine's run
+        client.update_run(run_id, status="RUNNING")
+        elsewhere = lease.Owner("elsewhere", 1, "another-pid-namespace", "t0")
+        for age, expected in ((0, "busy"), (2 * lease.LEASE_S, "owned")):
+            beat = f"{time.time() - age:.0f}"
+            tracker.set_tags(run_id, {names.TAG_OWNER: elsewhere.tag(), names.TAG_HEARTBEAT: beat})
+            claim = tracker.claim_run(study, "a", 0, "finetune", "h", parent)
+            assert (claim.kind, claim.run_id) == (expected, run_id), age
+        assert lease.parse_owner(client.get_run(run_id).data.tags[names.TAG_OWNER]) == lease.this_process()
+        tracker.end_run(run_id)
+
+    def test_processes_opening_one_run_at_once_leave_one_owner_and_one_run(self, uri, client, study) -> None:
+        parent = Tracker(uri, provenance=ORIGIN).study_run(study)
+        start = time.time() + 8  # after every process has imported mlflow
+        contender = textwrap.dedent(
+            f"""
+            import time
+            from harness.tracking import Tracker
+            tracker = Tracker({uri!r}, provenance={ORIGIN!r})
+            tracker.study_run({study!r})
+            time.sleep(max(0.0, {start!r} - time.time()))
+            claim = tracker.claim_run({study!r}, "a", 0, "finetune", "h", {parent!r})
+            print(claim.kind, flush=True)
+            time.sleep(4)  # keep an owned run alive while the others look
+            if claim.kind == "owned":
+                tracker.end_run(claim.run_id)
+            """
+        )
+        procs = [subprocess.Popen([sys.executable, "-c", contender], cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+        kinds = sorted(proc.communicate(timeout=180)[0].split()[-1] for proc in procs)
+        assert kinds.count("owned") == 1 and set(kinds) <= {"owned", "busy", "finished"}, kinds
+        runs = [r for r in self.runs(client, study) if r.data.tags[names.TAG_STAGE] == "finetune"]
+        assert [r.info.status for r in runs] == ["FINISHED"]  # the others deleted their rivals
 
     def test_failed_runs_are_kept_and_a_retry_opens_a_new_run(self, tracker, client, study) -> None:
         parent = tracker.study_run(study)

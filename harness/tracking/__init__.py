@@ -1,7 +1,7 @@
 """Tracking: the MLflow store (this package is the only one that imports mlflow) and, in
 ``names``, every name the harness writes there."""
 
-__all__ = ["RunStatus", "Tracker", "init_store", "default_tracking_uri", "provenance"]
+__all__ = ["RunStatus", "Claim", "Tracker", "init_store", "probe_store", "default_tracking_uri", "provenance", "safe_uri"]
 
 
 def __getattr__(name: str):

@@ -7,24 +7,35 @@ one process can hold the study's parent run and any number of stage runs at once
 Layout (design.md): experiment = study name; one parent run per study (``harness.stage=study``,
 reused on re-runs); one child run per (arm, seed, stage) tagged with ``harness.*`` and ``git.*``.
 
-Interruptions: a process killed with ``kill -9`` leaves its runs RUNNING. On the next
-``harness run`` (which holds the study's lock, so no live process owns them) :meth:`Tracker.
-reap_unfinished` marks them KILLED, and :meth:`Tracker.start_run` *resumes* the KILLED run of the
-same (arm, seed, stage, config hash) instead of opening a new one: the stage resumes from its last
-epoch checkpoint and keeps logging into the same run. The store so ends with exactly one FINISHED
-run per (arm, seed, stage) and no RUNNING orphans. FAILED runs are never resumed: they keep their
-traceback, and a retry opens a new run.
+Ownership (:mod:`harness.tracking.lease`, docs/reliability.md): :meth:`Tracker.claim_run` opens
+the run of one (arm, seed, stage, config hash) *for this process*, which then owns it (an owner tag
+and a heartbeat) until :meth:`Tracker.end_run`. Processes sharing the store, in any workdir on any
+machine, so never run the same key twice: a FINISHED run is the result, a RUNNING run whose owner
+is alive is busy, and only the runs of dead processes are taken over. A process killed with
+``kill -9`` leaves its runs RUNNING: :meth:`Tracker.reap_unfinished` marks those whose owner is dead
+KILLED, and :meth:`Tracker.claim_run` *resumes* the KILLED run of the key instead of opening a new
+one: the stage resumes from its last epoch checkpoint and keeps logging into the same run. The store
+so ends with exactly one FINISHED run per (arm, seed, stage) and no RUNNING orphans. FAILED runs are
+never resumed: they keep their traceback, and a retry opens a new run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import platform
+import random
+import re
+import socket
 import subprocess
+import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,12 +52,13 @@ from mlflow.utils.validation import (
 )
 
 from core.errors import UserError
-from harness.tracking import names
+from harness.tracking import lease, names
 
-__all__ = ["RunStatus", "Tracker", "init_store", "default_tracking_uri", "provenance"]
+__all__ = [
+    "RunStatus", "Claim", "Tracker", "init_store", "probe_store", "default_tracking_uri", "provenance", "safe_uri",
+]
 
 RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
-RESUMABLE = ("RUNNING", "KILLED")  # left by a killed or interrupted process
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "timm", "transformers", "mlflow")
 # Provenance tags beyond names.py's git ones.
@@ -54,6 +66,10 @@ TAG_VERSION = "harness.version.{}"  # one per package in PACKAGES, and python
 TAG_CUDA = "harness.cuda"
 TAG_DEVICE = "harness.device"
 TRUNCATED = "...[truncated]"
+PROBE_TIMEOUT_S = 5  # seconds a tracking server or database has to answer before any work starts
+SQL_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow retries these for ~100 s: ping them first
+SCHEMES = ("sqlite", "http", "https", "file", "databricks", "databricks-uc", "uc", *SQL_SCHEMES)  # MLflow's
+CLAIM_ATTEMPTS = 5  # two processes that open the same run at once both step back, then try again
 
 
 def default_tracking_uri(workdir: str | os.PathLike) -> str:
@@ -66,19 +82,137 @@ def default_tracking_uri(workdir: str | os.PathLike) -> str:
 
 
 def init_store(uri: str) -> None:
-    """Create (or migrate) the store's schema once; call it before any worker process starts.
+    """Check that the store answers (:func:`probe_store`), then create (or migrate) its schema;
+    call it once, before any worker process starts and before any work.
 
     MLflow creates and migrates a SQL store's tables the first time a client touches it. Several
     processes doing that at once on a fresh SQLite file race and crash ("table already exists",
     "database is locked"), so the parent process does it first, alone. Idempotent.
 
     Args:
-        uri: the tracking URI (any scheme; for a server this checks that it answers).
+        uri: the tracking URI (any scheme).
+
+    Raises:
+        UserError: as :func:`probe_store`, or a folder that cannot hold the SQLite file.
     """
+    shown = safe_uri(uri)
     db = sqlite_path(uri)
     if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"tracking store {shown}: cannot create {db.parent} ({err.strerror})") from None
+    probe_store(uri)
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:  # whatever MLflow or the driver raise: one line, the URI, the cause
+        raise UserError(f"tracking store {shown}: {_first_line(err)}") from None
+
+
+def probe_store(uri: str) -> None:
+    """Check that a tracking server or database answers within :data:`PROBE_TIMEOUT_S` seconds
+    (MLflow on its own retries for minutes), and that the URI's scheme is one MLflow knows;
+    writes nothing.
+
+    Args:
+        uri: the tracking URI.
+
+    Raises:
+        UserError: one line naming the URI (password hidden) and the cause.
+    """
+    shown = safe_uri(uri)
+    scheme = uri.split(":", 1)[0].split("+")[0].lower() if "://" in uri else ""
+    if scheme and scheme not in SCHEMES:
+        raise UserError(
+            f"tracking store {shown}: unknown scheme '{scheme}' (use sqlite:///PATH, http(s)://HOST:PORT"
+            " or a database URL: postgresql://, mysql://, mssql://)"
+        )
+    if scheme == "sqlite":
+        return  # a local file: init_store creates it, readers find it or not
+    if scheme in SQL_SCHEMES:
+        _within(PROBE_TIMEOUT_S, lambda: _ping_database(uri), shown)
+        return
+    with _http_without_retries():
+        _within(PROBE_TIMEOUT_S * 2, lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1), shown)
+
+
+def safe_uri(uri: str) -> str:
+    """The URI with its password replaced by ``***`` (for messages and tags).
+
+    Args:
+        uri: a tracking URI.
+    """
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", uri)
+
+
+def _ping_database(uri: str) -> None:
+    import sqlalchemy
+
+    with sqlalchemy.create_engine(uri).connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT 1"))
+
+
+def _http_without_retries() -> contextlib.AbstractContextManager[None]:
+    """MLflow's HTTP client retries 7 times with backoff (minutes) and waits 120 s per request;
+    the probe asks once, briefly (both settings are read from the environment per request)."""
+    return _mlflow_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(PROBE_TIMEOUT_S))
+
+
+@contextlib.contextmanager
+def _mlflow_env(**values: str) -> Iterator[None]:
+    """MLflow settings (environment variables it reads per call) changed within the block."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _within(seconds: float, probe: Callable[[], Any], shown: str) -> None:
+    """Run ``probe`` in a daemon thread; an error, or no answer in ``seconds``, is a UserError."""
+    failure: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            probe()
+        except BaseException as err:  # reported by the caller's thread
+            failure.append(err)
+
+    quiet = logging.getLogger("mlflow")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # MLflow's retry warnings print a traceback each
+    try:
+        thread = threading.Thread(target=attempt, name="harness-store-probe", daemon=True)
+        thread.start()
+        thread.join(seconds)
+    finally:
+        quiet.setLevel(level)
+    if thread.is_alive():
+        raise UserError(f"tracking store {shown}: no answer within {seconds:.0f} s (is the server up, the address right?)")
+    if failure:
+        raise UserError(f"tracking store {shown}: {_first_line(failure[0])}") from None
+
+
+def _first_line(err: BaseException, limit: int = 240) -> str:
+    """The cause of an error in one line: the innermost exception of its chain (a refused
+    connection, a missing driver) when that has a message of its own."""
+    root = err
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    if isinstance(root, ModuleNotFoundError):
+        text = f"its driver is not installed ({root})"
+    elif isinstance(root, OSError) and root.strerror:
+        text = root.strerror
+    else:
+        text = str(root).strip() or str(err).strip()
+    lines = text.splitlines()
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def provenance(project_dir: str | os.PathLike = PROJECT_DIR) -> dict[str, Any]:
@@ -154,7 +288,7 @@ class Tracker:
         self._log(run_id, tags=tags)
         return run_id
 
-    def start_run(
+    def claim_run(
         self,
         study: str,
         arm: str,
@@ -166,9 +300,16 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
         *,
         pretrain_run_id: str | None = None,
-    ) -> str:
-        """Open the run of one stage of one (arm, seed), or resume the one an interrupted
-        process left RUNNING or KILLED with the same config hash.
+        retry_failed: bool = False,
+    ) -> Claim:
+        """Open the run of one stage of one (arm, seed) for this process, unless the store says
+        the work is done, failed, or owned by a live process (:func:`harness.tracking.lease.decide`).
+
+        A KILLED run, or a RUNNING one whose owner is dead, is resumed. An owned run carries this
+        process's owner tag and is kept alive by its heartbeat until :meth:`end_run`. Two
+        processes opening the same key at once: each creates its run, then looks again; one that
+        sees a rival FINISHED or alive deletes its own run and steps back, so at most one keeps
+        its run (both may step back: they try again after a random pause).
 
         Args:
             study: the study name (the experiment).
@@ -182,8 +323,10 @@ class Tracker:
                 the values it has: they agree on every hashed field.
             tags: extra tags (they override the standard ones, e.g. the worker's device).
             pretrain_run_id: the pre-training's run, on finetune runs.
+            retry_failed: a key whose last attempt FAILED gets a new run (else: ``failed``).
         """
         experiment = self._experiment(study, create=True)
+        me = lease.this_process()
         origin = self._origin()
         all_tags = {
             names.TAG_STUDY: study,
@@ -197,20 +340,75 @@ class Tracker:
             **(tags or {}),
         }
         values = {key: _param_value(value) for key, value in (params or {}).items()}
-        resumed = self._find(study, arm, seed, stage, config_hash, RESUMABLE)
-        if resumed is None:
-            run_name = f"{arm} seed={seed} {stage}"
-            run_id = self._client.create_run(experiment, tags=_tag_values(all_tags), run_name=run_name).info.run_id
-        else:
-            run_id = resumed
-            self._client.update_run(run_id, status="RUNNING")
-            self._log(run_id, tags=all_tags)
-            logged = self._client.get_run(run_id).data.params
-            values = {key: value for key, value in values.items() if key not in logged}
-        self._log(run_id, params=values)
-        if origin["diff"]:
-            self._client.log_text(run_id, origin["diff"], names.ARTIFACT_GIT_DIFF)
-        return run_id
+        for _ in range(CLAIM_ATTEMPTS):
+            decision = lease.decide(self._runs_of(study, arm, seed, stage, config_hash), time.time(), me, retry_failed)
+            if decision.kind in ("finished", "failed", "busy"):
+                return Claim(decision.kind, decision.run.run_id, decision.owner)
+            owned = {names.TAG_OWNER: me.tag(), names.TAG_HEARTBEAT: f"{time.time():.0f}"}
+            if decision.kind == "resume":
+                run_id = decision.run.run_id
+                # Fischer's rule: write our name, wait, read it back; the last writer owns the run
+                self._log(run_id, tags=owned)
+                self._client.update_run(run_id, status="RUNNING")
+                time.sleep(lease.SETTLE_S)
+                current = self._client.get_run(run_id)
+                if current.data.tags.get(names.TAG_OWNER) != me.tag():
+                    return Claim("busy", run_id, lease.parse_owner(current.data.tags.get(names.TAG_OWNER)))
+                self._log(run_id, tags=all_tags)
+                values = {key: value for key, value in values.items() if key not in current.data.params}
+            else:
+                run_name = f"{arm} seed={seed} {stage}"
+                run_id = self._client.create_run(experiment, tags=_tag_values({**all_tags, **owned}), run_name=run_name).info.run_id
+                rivals = [r for r in self._runs_of(study, arm, seed, stage, config_hash) if r.run_id != run_id]
+                rival = lease.decide(rivals, time.time(), me, retry_failed=True)
+                if rival.kind in ("finished", "busy"):
+                    self._client.delete_run(run_id)
+                    if rival.kind == "finished":
+                        return Claim("finished", rival.run.run_id)
+                    time.sleep(random.uniform(0.2, 1.5))
+                    continue
+            self._log(run_id, params=values)
+            if origin["diff"]:
+                self._client.log_text(run_id, origin["diff"], names.ARTIFACT_GIT_DIFF)
+            self._heartbeat().add(run_id, me.token)
+            return Claim("owned", run_id, me)
+        return Claim("busy", None, None)
+
+    def start_run(
+        self,
+        study: str,
+        arm: str,
+        seed: int,
+        stage: str,
+        config_hash: str,
+        parent_run_id: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        pretrain_run_id: str | None = None,
+    ) -> str:
+        """:meth:`claim_run` that must succeed: a new run, a retry of a FAILED one, or the resumed
+        run of a dead process; returns its id.
+
+        Raises:
+            UserError: the key has a FINISHED run, or a live process owns it.
+        """
+        claim = self.claim_run(
+            study, arm, seed, stage, config_hash, parent_run_id, params, tags,
+            pretrain_run_id=pretrain_run_id, retry_failed=True,
+        )  # fmt: skip
+        if claim.kind != "owned":
+            by = f" (owned by {claim.owner.describe()})" if claim.owner is not None else ""
+            raise UserError(f"the {stage} run of arm '{arm}' seed {seed} in study {study} is {claim.kind}{by}")
+        return claim.run_id
+
+    def lost(self, run_id: str) -> bool:
+        """Whether another process took over a run this process owns (its heartbeat lapsed).
+
+        Args:
+            run_id: a run this process claimed.
+        """
+        return self._heartbeat().lost(run_id)
 
     def find_run(
         self,
@@ -234,12 +432,11 @@ class Tracker:
         return self._find(study, arm, seed, stage, config_hash, (status,))
 
     def reap_unfinished(self, study: str, status: RunStatus = "KILLED") -> list[str]:
-        """Mark the study's stage runs still RUNNING as ``status``; returns their ids.
+        """Mark the study's stage runs left RUNNING by dead processes as ``status``; returns their
+        ids. Runs whose owner is alive, in this workdir or another, are left alone.
 
-        Call it at the start of a study while holding the study's lock: any RUNNING run then
-        belongs to a process that died. Those still in the plan are resumed by
-        :meth:`start_run`; the others stay KILLED instead of RUNNING forever. The parent run is
-        left alone (:meth:`study_run` reopens it).
+        Those still in the plan are resumed by :meth:`claim_run`; the others stay KILLED instead
+        of RUNNING forever. The parent run is left alone (:meth:`study_run` reopens it).
 
         Args:
             study: the study name.
@@ -248,10 +445,12 @@ class Tracker:
         experiment = self._experiment(study, create=False)
         if experiment is None:
             return []
+        me, now = lease.this_process(), time.time()
         orphans = [
             run.info.run_id
             for run in self._search(experiment, "attributes.status = 'RUNNING'")
-            if run.data.tags.get(names.TAG_STAGE) != names.STAGE_STUDY
+            if run.data.tags.get(names.TAG_STAGE) not in (names.STAGE_STUDY, names.STAGE_SWEEP)
+            and not lease.owner_alive(run.data.tags, now, me)
         ]
         for run_id in orphans:
             self._client.set_terminated(run_id, status=status)
@@ -264,7 +463,50 @@ class Tracker:
             run_id: the run.
             status: FINISHED, FAILED or KILLED.
         """
+        self._heartbeat().remove(run_id)
         self._client.set_terminated(run_id, status=status)
+
+    def add_holder(self, run_id: str, workdir: str | os.PathLike) -> None:
+        """Record that ``workdir`` on this host holds the run's stage outputs (``harness.holders``).
+
+        Args:
+            run_id: the stage's run.
+            workdir: the harness working directory whose ``stages/<hash>/`` has them.
+        """
+        holder = {"host": socket.gethostname(), "workdir": str(Path(workdir).resolve())}
+        holders = _holders(self._client.get_run(run_id).data.tags)
+        if holder not in holders:
+            self._log(run_id, tags={names.TAG_HOLDERS: json.dumps([*holders, holder])})
+
+    def log_stage_checkpoint(self, run_id: str, files: Sequence[Path]) -> None:
+        """Copy a stage's checkpoint files into the run's ``stage/`` artifacts, so that a workdir
+        without the stage (another machine sharing only this store) can fetch it.
+
+        Args:
+            run_id: the stage's run.
+            files: the files (``best.safetensors``, ``best.json``, ``record.json``).
+        """
+        for path in files:
+            self._client.log_artifact(run_id, str(path), names.ARTIFACT_STAGE)
+        self._log(run_id, tags={names.TAG_CHECKPOINT: names.ARTIFACT_STAGE})
+
+    def fetch_stage_checkpoint(self, run_id: str, dest: Path) -> list[Path] | None:
+        """Download a run's logged stage checkpoint into ``dest``; None when none was logged.
+
+        Args:
+            run_id: the stage's run.
+            dest: an existing folder.
+        """
+        folder = self._client.get_run(run_id).data.tags.get(names.TAG_CHECKPOINT)
+        if folder is None:
+            return None
+        with tempfile.TemporaryDirectory(dir=dest) as tmp, _mlflow_env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+            fetched = Path(self._client.download_artifacts(run_id, folder, tmp))
+            paths = []
+            for path in sorted(fetched.iterdir()):
+                os.replace(path, dest / path.name)
+                paths.append(dest / path.name)
+        return paths
 
     # ---------------------------------------------------------------------------- logging
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
@@ -352,21 +594,26 @@ class Tracker:
     def _find(
         self, study: str, arm: str | None, seed: int | None, stage: str, config_hash: str, statuses: tuple[str, ...]
     ) -> str | None:
+        runs = self._runs_of(study, arm, seed, stage, config_hash)
+        return next((run.run_id for run in runs if run.status in statuses), None)
+
+    def _runs_of(self, study: str, arm: str | None, seed: int | None, stage: str, config_hash: str) -> list[lease.RunView]:
+        """A run key's runs (deleted ones excluded), newest first."""
         experiment = self._experiment(study, create=False)
         if experiment is None:
-            return None
+            return []
         query = (
             f"tags.`{names.TAG_STAGE}` = {_quote(stage)} and tags.`{names.TAG_CONFIG_HASH}` = {_quote(config_hash)}"
         )
-        for run in self._search(experiment, query):  # newest first
-            tags = run.data.tags
-            if (
-                run.info.status in statuses
-                and (arm is None or tags.get(names.TAG_ARM) == arm)
-                and (seed is None or tags.get(names.TAG_SEED) == str(seed))
-            ):
-                return run.info.run_id
-        return None
+        return [
+            lease.RunView(run.info.run_id, run.info.status, run.data.tags, run.info.start_time)
+            for run in self._search(experiment, query)
+            if (arm is None or run.data.tags.get(names.TAG_ARM) == arm)
+            and (seed is None or run.data.tags.get(names.TAG_SEED) == str(seed))
+        ]
+
+    def _heartbeat(self) -> lease.Heartbeat:
+        return _heartbeat_for(self.uri)
 
     def _search(self, experiment: str, query: str, order: str = "desc") -> Iterator[Any]:
         """Every run matching ``query``, paging through the results."""
@@ -411,6 +658,44 @@ class Tracker:
             **{TAG_VERSION.format(package): version for package, version in info["versions"].items()},
         }
         return {"tags": tags, "diff": info["git_diff"] if dirty else ""}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Tracker.claim_run` found: ``owned`` (this process runs it: ``run_id``),
+    ``finished`` (the FINISHED run), ``failed`` (the FAILED run; no retry asked) or ``busy``
+    (``owner`` runs it; ``run_id`` None when rivals kept stepping back)."""
+
+    kind: Literal["owned", "finished", "failed", "busy"]
+    run_id: str | None
+    owner: lease.Owner | None = None
+
+
+_HEARTBEATS: dict[tuple[int, str], lease.Heartbeat] = {}
+_HEARTBEATS_LOCK = threading.Lock()
+
+
+def _heartbeat_for(uri: str) -> lease.Heartbeat:
+    """This process's heartbeat thread for a store (one per process and URI, started lazily)."""
+    key = (os.getpid(), uri)
+    with _HEARTBEATS_LOCK:
+        if key not in _HEARTBEATS:
+            client = MlflowClient(tracking_uri=uri)
+
+            def beat(run_id: str) -> str | None:
+                client.set_tag(run_id, names.TAG_HEARTBEAT, f"{time.time():.0f}")
+                return client.get_run(run_id).data.tags.get(names.TAG_OWNER)
+
+            _HEARTBEATS[key] = lease.Heartbeat(beat)
+        return _HEARTBEATS[key]
+
+
+def _holders(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    try:
+        holders = json.loads(tags.get(names.TAG_HOLDERS, "[]"))
+    except ValueError:
+        return []
+    return holders if isinstance(holders, list) else []
 
 
 # ---------------------------------------------------------------------------------- helpers
