@@ -26,12 +26,15 @@ from harness.tracking import names
 
 __all__ = ["run_stage", "splits_for"]
 
-_SPLITS: dict[str, dict[str, Split]] = {}  # per process: one decoded data cache per data section
+# per process: one opened data cache per (workdir, data section); the workdir is part of the key
+# because the splits memory-map files under it (another workdir's may be gone)
+_SPLITS: dict[tuple[str, str], dict[str, Split]] = {}
 
 
 def splits_for(config: Config, workdir: Path) -> dict[str, Split]:
-    """The data splits of ``config.data`` (prepared under ``workdir/data`` once, then reused)."""
-    key = json.dumps(config.data.model_dump(mode="json"), sort_keys=True)
+    """The data splits of ``config.data`` (prepared under ``workdir/data`` once, then reused in
+    this process for the same workdir)."""
+    key = (str(Path(workdir).resolve()), json.dumps(config.data.model_dump(mode="json"), sort_keys=True))
     if key not in _SPLITS:
         _SPLITS[key] = build_splits(config.data, Path(workdir) / "data")
     return _SPLITS[key]

@@ -1,17 +1,22 @@
 """The ``harness`` command. Each command is a typed signature whose docstring is its help page
 and whose body is one call into the harness. ``UserError`` and pydantic's ``ValidationError`` are
-caught here, and only here, printed with rich, and turned into exit code 1."""
+caught here, and only here, printed with rich, and turned into exit code 1; so are the errors of
+the environment (a file system's ``OSError``) and, as one line that says so, unexpected ones.
+Ctrl-C ends a command with exit code 130. ``harness --debug`` (or ``HARNESS_DEBUG=1``) shows
+Python's tracebacks instead."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from core.config import DensifyConfig
 from core.errors import UserError
@@ -51,20 +56,62 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
 
 
+DEBUG_ENV = "HARNESS_DEBUG"  # 1: tracebacks, as with --debug
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+_debug = False  # set by --debug, for the command that follows it
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python's traceback of an error (else one line each)")] = False,
+) -> None:
+    global _debug
+    _debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _error(text: str) -> None:
+    # soft_wrap: one line per line of the message, never folded mid-path (paths are copied)
+    console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def _friendly_errors(command):
-    """Print bad-input errors without a traceback and exit 1."""
+    """Print errors as one short message (no traceback unless --debug) and exit 1; Ctrl-C: 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        if _debug:
+            return command(*args, **kwargs)
         try:
             return command(*args, **kwargs)
+        except typer.Exit:
+            raise
         except UserError as err:
-            console.print(f"[bold red]error:[/] {err}", highlight=False)
+            _error(str(err))
         except ValidationError as err:
-            console.print(f"[bold red]invalid input:[/] {err}", highlight=False)
+            _error(f"invalid input: {err}")
+        except KeyboardInterrupt:
+            console.print("[bold]interrupted[/]", highlight=False)
+            raise typer.Exit(INTERRUPTED) from None
+        except OSError as err:  # the environment: a full disk, a permission, a vanished file
+            where = f": {err.filename}" if err.filename else ""
+            _error(f"{err.strerror or err}{where}")
+        except Exception as err:  # a bug, most likely: say so, in one line
+            first = (str(err).strip().splitlines() or [""])[0]
+            _error(f"{type(err).__name__}: {first} (unexpected: `harness --debug ...` shows the traceback)")
         raise typer.Exit(1)
 
     return wrapper
+
+
+def _repeat_options(**options: object) -> str:
+    """Command-line options as given (None and empty ones left out), quoted for a shell."""
+    parts = []
+    for name, value in options.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is not None and item != "":
+                parts += [f"--{name.replace('_', '-')}", str(item)]
+    return "".join(f" {shlex.quote(p)}" for p in parts)
 
 
 @app.command()
@@ -81,37 +128,53 @@ def run(
     quiet: Annotated[bool, typer.Option(help="Log lines instead of progress bars (the default when not on a terminal)")] = False,
     seeds: Annotated[Optional[str], typer.Option(help="Comma-separated seeds replacing the study's (e.g. 0,1,2)")] = None,
     setting: Setting = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Run a plan larger than --max-runs")] = False,
+    max_runs: Annotated[int, typer.Option(min=1, help="(arm, seed) runs above which the run asks for --yes")] = 500,
+    share_checkpoints: Annotated[bool, typer.Option(help="Log pre-trainings' best checkpoints to the store: other workdirs fetch them instead of training them again")] = False,
 ):
     """Expand a study into runs, share and cache stages, execute, and track them in MLflow."""
     from harness import console as ui
-    from harness.execute import plan_study, run_study
+    from harness._signals import terminate_as_interrupt
+    from harness.execute import StudyInterrupted, plan_study, run_study
     from harness.plan import stage_status
+    from harness.preflight import check_workdir
 
     workdir_given = workdir is not None
     workdir = resolve_workdir(workdir)
     seed_list = parse_seeds(seeds) if seeds is not None else None
-    if dry_run:
-        _, plan, tasks = plan_study(study, tuple(set_), seed_list, setting)
-        ui.print_plan(plan, tasks, stage_status(plan, workdir))
-        return
     device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
+    if dry_run:
+        check_workdir(workdir, create=False)
+        _, plan, tasks = plan_study(study, tuple(set_), seed_list, setting, device_list)
+        ui.print_plan(plan, tasks, stage_status(plan, workdir))
+        if len(plan.runs) > max_runs:
+            console.print(f"{len(plan.runs)} runs are more than --max-runs {max_runs}: harness run will ask for --yes")
+        return
+    given = _repeat_options(workdir=workdir if workdir_given else None, tracking_uri=tracking_uri)
     # Bars redraw in place: in a file (SLURM logs, `> run.log`) they would show only at the end.
     reporter = ui.LogReporter() if quiet or not ui.console.is_terminal else ui.ProgressReporter()
-    with reporter:
-        result = run_study(
-            study,
-            workdir=workdir,
-            tracking_uri=resolve_tracking_uri(tracking_uri, workdir),
-            overrides=tuple(set_),
-            workers=workers,
-            devices=device_list,
-            retry_failed=retry_failed,
-            reporter=reporter,
-            seeds=seed_list,
-            setting=setting,
-        )
+    try:
+        with terminate_as_interrupt(), reporter:
+            result = run_study(
+                study,
+                workdir=workdir,
+                tracking_uri=resolve_tracking_uri(tracking_uri, workdir),
+                overrides=tuple(set_),
+                workers=workers,
+                devices=device_list,
+                retry_failed=retry_failed,
+                reporter=reporter,
+                seeds=seed_list,
+                setting=setting,
+                max_runs=None if yes else max_runs,
+                share_checkpoints=share_checkpoints,
+            )
+    except StudyInterrupted as stop:
+        same = _repeat_options(set=set_, seeds=seeds, setting=setting, workers=workers if workers > 1 else None, devices=devices)
+        console.print(f"[bold]interrupted:[/] {escape(str(stop))}", highlight=False, soft_wrap=True)
+        console.print(f"resume with: harness run {shlex.quote(str(study))}{given}{same}", highlight=False, soft_wrap=True)
+        raise typer.Exit(INTERRUPTED) from None
     ui.print_summary(result)
-    given = (f" --workdir {workdir}" if workdir_given else "") + (f" --tracking-uri {tracking_uri}" if tracking_uri else "")
     ui.print_next_steps(result.study.name, resolve_tracking_uri(tracking_uri, workdir), workdir, given)
     if result.failed:
         raise typer.Exit(1)
@@ -171,8 +234,10 @@ def report(
     """Paper-style tables (.tex/.md/.csv) and plots from the tracking store alone; for a sweep,
     its top-k trials and its figures (history, importances, parallel coordinates, slices)."""
     from harness.report import build_report
+    from harness.tracking import probe_store
 
     uri = resolve_tracking_uri(tracking_uri, resolve_workdir(workdir))
+    probe_store(uri)  # an unreachable server: one line in seconds, not minutes of retries
     for path in build_report(uri, studies or None, out, latex=latex, standalone=standalone, metric=metric, detect=detect):
         console.print(f"wrote {path}")
 

@@ -20,6 +20,7 @@ __all__ = ["print_plan", "print_summary", "print_next_steps", "ProgressReporter"
 # Off a terminal (a log file, CI, SLURM) rich would fold tables to 80 columns; a log has room.
 console = Console(width=None if sys.stdout.isatty() else 160)
 log = logging.getLogger("harness")
+PLAN_ROWS = 200  # tasks the dry-run table shows; a larger plan is summed up below it
 
 
 def _stage_names(task: Task) -> str:
@@ -27,11 +28,12 @@ def _stage_names(task: Task) -> str:
 
 
 def print_plan(plan: Plan, tasks: list[Task], status: dict[str, str]) -> None:
-    """The dry-run table: one row per task, with what is cached, to run, or shared."""
+    """The dry-run table: one row per task (the first :data:`PLAN_ROWS`), with what is cached,
+    to run, or shared."""
     table = Table(title=f"Plan for study '{plan.study.name}'", title_justify="left")
     for column in ("arm", "seed", "stages", "status", "depends on", "shared by"):
         table.add_column(column)
-    for task in tasks:
+    for task in tasks[:PLAN_ROWS]:
         states = {status.get(stage.hash, "todo") for stage in task.stages}
         state = "cached" if states == {"done"} else ("partial" if "partial" in states or "done" in states else "to run")
         users = {u for stage in task.stages for u in stage.users}
@@ -39,6 +41,8 @@ def print_plan(plan: Plan, tasks: list[Task], status: dict[str, str]) -> None:
         depends = task.depends_on[:10] if task.depends_on else ""
         table.add_row(task.label, str(task.seed), _stage_names(task), state, depends, shared)
     console.print(table)
+    if len(tasks) > PLAN_ROWS:
+        console.print(f"(the first {PLAN_ROWS} of {len(tasks)} tasks are shown)")
     pretrains = sum(task.kind == "pretrain" for task in tasks)
     console.print(f"{len(plan.runs)} (arm, seed) runs, {pretrains} pre-trainings, {len(plan.stages)} stages")
 
@@ -130,6 +134,10 @@ class ProgressReporter(Reporter):
             info += f" val rsum {event.metrics['val/rsum']:.1f}"
         self.progress.update(self.stage_bar, completed=done, total=total, info=info)
 
+    def task_waiting(self, outcome: TaskOutcome) -> None:
+        if self.stage_bar is not None:
+            self.progress.update(self.stage_bar, info=f"waiting: {outcome.error}")
+
     def task_finished(self, outcome: TaskOutcome) -> None:
         if self.study_bar is not None:
             self.progress.advance(self.study_bar)
@@ -142,6 +150,7 @@ class LogReporter(Reporter):
     def __enter__(self) -> LogReporter:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         self.started = time.time()
+        self.waiting: set[str] = set()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -157,6 +166,11 @@ class LogReporter(Reporter):
         if event.kind == "epoch":
             shown = {k: round(v, 3) for k, v in event.metrics.items() if k in ("train/loss", "val/rsum", "train/pairs_per_s")}
             log.info("%s seed %d %s epoch %d %s", task.label, task.seed, event.stage, event.epoch, shown)
+
+    def task_waiting(self, outcome: TaskOutcome) -> None:
+        if outcome.task.key not in self.waiting:  # once per task: it is looked at every few seconds
+            self.waiting.add(outcome.task.key)
+            log.info("%s seed %d: waiting, %s (doing other tasks meanwhile)", outcome.task.label, outcome.task.seed, outcome.error)
 
     def task_finished(self, outcome: TaskOutcome) -> None:
         log.info("%s seed %d: %s%s", outcome.task.label, outcome.task.seed, outcome.status, " (cached)" if outcome.cached else "")

@@ -14,12 +14,18 @@ work cached instead of training it again into the same folder.
 
 A callback may stop a task on purpose by raising :class:`TaskStopped` (a pruned sweep trial): the
 stage keeps its epoch checkpoint but is not marked done, and its run is closed KILLED, not FAILED.
+
+Processes sharing only the tracking store (other workdirs, other machines) coordinate through it
+(docs/reliability.md): each task's run is *claimed* (:meth:`harness.tracking.Tracker.claim_run`).
+A task whose run FINISHED anywhere is done; one that a live process runs is *busy* and is looked at
+again later while the scheduler goes on with other tasks; a task that must train on a parent stage
+finished in another workdir first makes the parent's files present here (:mod:`harness._local`).
+Ctrl-C (or SIGTERM) closes the interrupted runs KILLED and raises :class:`StudyInterrupted`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import multiprocessing as mp
 import time
@@ -28,27 +34,62 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 
 from core.errors import UserError
+from harness import _local
 from harness._locks import flock
+from harness._signals import terminate_as_interrupt
 from harness.config import config_to_yaml, flatten
-from harness.plan import DONE, Plan, RunRecord, StageRecord, make_plan, mark_done, stage_dir
+from harness.plan import DONE, Plan, RunRecord, StageRecord, make_plan, stage_dir
+from harness.preflight import check_plan, check_plan_size, check_workdir
 from harness.study import Study, load_study
-from harness.tracking import Tracker, init_store, names, provenance
+from harness.tracking import names
+
+if TYPE_CHECKING:  # mlflow is imported where a store is used, so a dry run never pays for it
+    from harness.tracking.store import Tracker
 
 __all__ = [
-    "Task", "TaskOutcome", "TaskContext", "TaskStopped", "StudyResult", "Reporter",
+    "Task", "TaskOutcome", "TaskContext", "TaskStopped", "StudyInterrupted", "StudyResult", "Reporter",
     "run_study", "plan_study", "plan_tasks", "execute_task", "study_lock", "SHARED_LABEL",
 ]
 
 SHARED_LABEL = "shared"  # arm label of a pre-training that several arms share
-Status = Literal["FINISHED", "FAILED", "SKIPPED", "STOPPED"]  # STOPPED: a callback raised TaskStopped
+# STOPPED: a callback raised TaskStopped; BUSY: another live process runs it (schedulers retry it)
+Status = Literal["FINISHED", "FAILED", "SKIPPED", "STOPPED", "BUSY"]
+BUSY_POLL_S = 3.0  # how often a task another process runs is looked at again
+_ERROR_CHARS = 400  # a failure's message in the summary: its first line, cut here
+# Failures with a known remedy: exception class name -> what to try (the stage's kind filled in).
+_REMEDIES: dict[str, str] = {
+    "OutOfMemoryError": "lower {kind}.batch_size, use runtime.precision bf16, or run fewer workers per device",
+}
 
 
 class TaskStopped(Exception):
     """Raised from an event callback to end a task early on purpose (a pruned trial): not a failure."""
+
+
+class _LeaseLost(Exception):
+    """Another process took this task's run over (this process's heartbeat lapsed too long)."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a study, after its interrupted runs were closed KILLED.
+
+    Attributes:
+        study: the study's name.
+        running: what was running (``arm seed N: stages``).
+        finished: tasks that had finished, of ``total``.
+    """
+
+    def __init__(self, study: str, running: list[str], finished: int, total: int):
+        self.study, self.running, self.finished, self.total = study, running, finished, total
+        what = "; ".join(running) if running else "no task"
+        super().__init__(
+            f"study '{study}' interrupted while running {what}; {finished} of {total} tasks had finished"
+            " (kept); the interrupted runs are closed KILLED and keep their last epoch checkpoint"
+        )
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,10 @@ class Task:
     label: str  # arm label, or the arms sharing a pre-training
     seed: int
     run: RunRecord | None = None  # for arm tasks
+    parent_stage: StageRecord | None = None  # the pre-training an arm task trains on
+
+    def describe(self) -> str:
+        return f"{self.label} seed {self.seed} ({' -> '.join(s.kind for s in self.stages)})"
 
 
 @dataclass
@@ -94,17 +139,24 @@ class Reporter:
     def start(self, tasks: list[Task]) -> None: ...
     def task_started(self, task: Task) -> None: ...
     def event(self, task: Task, event: Any) -> None: ...
+    def task_waiting(self, outcome: TaskOutcome) -> None: ...  # BUSY: another process runs it
     def task_finished(self, outcome: TaskOutcome) -> None: ...
 
 
 # ------------------------------------------------------------------------------------ planning
 def plan_study(
-    path: Path, overrides: tuple[str, ...] = (), seeds: tuple[int, ...] | None = None, setting: str | None = None
+    path: Path,
+    overrides: tuple[str, ...] = (),
+    seeds: tuple[int, ...] | None = None,
+    setting: str | None = None,
+    devices: tuple[str, ...] = (),
 ) -> tuple[Study, Plan, list[Task]]:
-    """Load, validate and plan a study (``seeds`` and ``setting`` replacing the file's), and
+    """Load, validate and plan a study (``seeds`` and ``setting`` replacing the file's), check
+    what its arms name outside the config (backbones, weight files, devices, ``devices``), and
     group its stages into tasks (no side effects)."""
     study = load_study(path, seeds, setting)
     plan = make_plan(study, overrides)
+    check_plan(plan, devices)
     return study, plan, plan_tasks(plan)
 
 
@@ -119,9 +171,9 @@ def plan_tasks(plan: Plan) -> list[Task]:
     for run in plan.runs:
         chain = [plan.stages[h] for h in run.chain]
         own = tuple(s for s in chain if s.kind != "pretrain")
-        parent = next((s.hash for s in chain if s.kind == "pretrain"), None)
+        parent = next((s for s in chain if s.kind == "pretrain"), None)
         key = f"{own[-1].hash}:{run.arm.label}:{run.seed}"
-        tasks[key] = Task(key, "arm", own, parent, run.arm.label, run.seed, run)
+        tasks[key] = Task(key, "arm", own, parent.hash if parent else None, run.arm.label, run.seed, run, parent)
     return list(tasks.values())
 
 
@@ -142,12 +194,6 @@ def study_lock(workdir: Path, study_name: str) -> Iterator[None]:
         yield
 
 
-def _work_lock(workdir: Path, kind: str, key: str) -> contextlib.AbstractContextManager[None]:
-    """Wait for any other process working on the same task or stage of this workdir."""
-    name = hashlib.sha256(key.encode()).hexdigest()[:16]  # task keys hold arm labels: any characters
-    return flock(Path(workdir) / "locks" / kind / f"{name}.lock")
-
-
 # ------------------------------------------------------------------------------------ running
 def run_study(
     path: Path,
@@ -161,8 +207,10 @@ def run_study(
     reporter: Reporter | None = None,
     seeds: tuple[int, ...] | None = None,
     setting: str | None = None,
+    max_runs: int | None = None,
+    share_checkpoints: bool = False,
 ) -> StudyResult:
-    """Run a study: plan, lock, execute tasks (cached ones replayed), track everything.
+    """Run a study: plan and check, lock, execute tasks (cached ones replayed), track everything.
 
     Args:
         path: the study YAML.
@@ -176,24 +224,44 @@ def run_study(
         reporter: progress sink.
         seeds: replace the study file's seeds (``--seeds``).
         setting: replace the study file's base setting (``--setting``).
+        max_runs: refuse a plan of more (arm, seed) runs than this (None: no limit).
+        share_checkpoints: log each pre-training's best checkpoint to the store, so workdirs
+            that share only the store fetch it instead of training it again.
+
+    Raises:
+        UserError: a bad study, plan, workdir or store, before any work.
+        StudyInterrupted: Ctrl-C or SIGTERM (the interrupted runs are closed KILLED first).
     """
+    from harness.tracking import Tracker, init_store, provenance  # mlflow: seconds to import
+
     reporter = reporter or Reporter()
-    study, plan, tasks = plan_study(path, overrides, seeds, setting)
+    study, plan, tasks = plan_study(path, overrides, seeds, setting, devices)
+    check_plan_size(plan, max_runs)
     workdir = Path(workdir)
+    check_workdir(workdir)
     with study_lock(workdir, study.name):
-        init_store(tracking_uri)  # schema created once, before any worker starts
+        init_store(tracking_uri)  # schema created once, before any worker starts; unreachable: one line
         prov = provenance()
         tracker = Tracker(tracking_uri, provenance=prov)
         parent = tracker.study_run(study.name, study.description)
-        tracker.reap_unfinished(study.name)  # we hold the lock: RUNNING runs belong to dead processes
+        tracker.reap_unfinished(study.name)  # runs of dead processes; live ones (other workdirs) stay
         _log_study(tracker, parent, study, path, plan)
-        context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov)
+        context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov, share_checkpoints)
         reporter.start(tasks)
         slots = list(devices) or [None] * max(1, workers)
-        if len(slots) == 1:
-            outcomes = _run_sequential(tasks, context, slots[0], reporter)
-        else:
-            outcomes = _run_parallel(tasks, context, slots, reporter)
+        running: dict[str, Task] = {}
+        done: dict[str, TaskOutcome] = {}
+        try:
+            if len(slots) == 1:
+                _run_sequential(tasks, context, slots[0], reporter, running, done)
+            else:
+                _run_parallel(tasks, context, slots, reporter, running, done)
+        except KeyboardInterrupt:
+            tracker.reap_unfinished(study.name)  # runs of workers that died before closing them
+            tracker.end_run(parent, "KILLED")
+            interrupted = [task.describe() for task in running.values()]
+            raise StudyInterrupted(study.name, interrupted, len(done), len(tasks)) from None
+        outcomes = [done[t.key] for t in tasks]
         tracker.end_run(parent, "FAILED" if any(o.status == "FAILED" for o in outcomes) else "FINISHED")
     return StudyResult(study, plan, outcomes, parent)
 
@@ -208,6 +276,7 @@ class TaskContext:
     parent_run_id: str
     retry_failed: bool
     provenance: dict[str, Any]
+    share_checkpoints: bool = False  # log pre-trainings' best checkpoints to the store
 
 
 def _log_study(tracker: Tracker, parent: str, study: Study, path: Path, plan: Plan) -> None:
@@ -220,58 +289,103 @@ def _log_study(tracker: Tracker, parent: str, study: Study, path: Path, plan: Pl
     tracker.log_artifact_text(parent, names.ARTIFACT_STUDY, Path(path).read_text())
 
 
-def _run_sequential(tasks: list[Task], ctx: TaskContext, device: str | None, reporter: Reporter) -> list[TaskOutcome]:
-    outcomes: dict[str, TaskOutcome] = {}
-    for task in tasks:
-        blocked = _blocked_by(task, outcomes)
-        if blocked is not None:
-            outcomes[task.key] = blocked
-        else:
+def _run_sequential(
+    tasks: list[Task],
+    ctx: TaskContext,
+    device: str | None,
+    reporter: Reporter,
+    running: dict[str, Task],
+    done: dict[str, TaskOutcome],
+) -> None:
+    """Tasks in order in this process; a BUSY task is tried again later, after the others."""
+    pending = list(tasks)
+    wake: dict[str, float] = {}  # BUSY task -> when to look at it again
+    while pending:
+        ready = [t for t in pending if _ready(t, done) and wake.get(t.key, 0.0) <= time.monotonic()]
+        if not ready:
+            time.sleep(max(0.1, min(wake.values(), default=time.monotonic()) - time.monotonic()))
+            continue
+        task = ready[0]
+        blocked = _blocked_by(task, done)
+        if blocked is None:
             reporter.task_started(task)
-            outcomes[task.key] = execute_task(task, ctx, device, lambda e, t=task: reporter.event(t, e))
-        reporter.task_finished(outcomes[task.key])
-    return [outcomes[t.key] for t in tasks]
+            running[task.key] = task
+            outcome = _attempt(task, ctx, device, lambda e, t=task: reporter.event(t, e))
+            running.pop(task.key)
+        else:
+            outcome = blocked
+        if outcome.status == "BUSY":
+            wake[task.key] = time.monotonic() + BUSY_POLL_S
+            reporter.task_waiting(outcome)
+            continue
+        pending.remove(task)
+        done[task.key] = outcome
+        reporter.task_finished(outcome)
 
 
-def _run_parallel(tasks: list[Task], ctx: TaskContext, slots: list[str | None], reporter: Reporter) -> list[TaskOutcome]:
+def _ready(task: Task, done: Mapping[str, TaskOutcome]) -> bool:
+    """Its parent task (if any) has an outcome (it may still be BUSY in another process)."""
+    return task.depends_on is None or task.depends_on in done
+
+
+def _run_parallel(
+    tasks: list[Task],
+    ctx: TaskContext,
+    slots: list[str | None],
+    reporter: Reporter,
+    running: dict[str, Task],
+    done: dict[str, TaskOutcome],
+) -> None:
     """A scheduler in this process; workers are spawned processes, one per slot."""
     spawn = mp.get_context("spawn")
     events = spawn.Manager().Queue()
-    outcomes: dict[str, TaskOutcome] = {}
     pending = list(tasks)
+    wake: dict[str, float] = {}
     free = list(slots)
-    running: dict[Future, tuple[Task, str | None]] = {}
+    futures: dict[Future, tuple[Task, str | None]] = {}
     by_key = {t.key: t for t in tasks}
     with ProcessPoolExecutor(max_workers=len(slots), mp_context=spawn) as pool:
-        while pending or running:
+        while pending or futures:
             for task in list(pending):
-                blocked = _blocked_by(task, outcomes)
+                if not _ready(task, done) or wake.get(task.key, 0.0) > time.monotonic():
+                    continue
+                blocked = _blocked_by(task, done)
                 if blocked is not None:
                     pending.remove(task)
-                    outcomes[task.key] = blocked
+                    done[task.key] = blocked
                     reporter.task_finished(blocked)
-                elif free and (task.depends_on is None or task.depends_on in outcomes):
+                elif free:
                     pending.remove(task)
                     slot = free.pop(0)
                     reporter.task_started(task)
-                    running[pool.submit(_worker, task, ctx, slot, events)] = (task, slot)
-            done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                    running[task.key] = task
+                    futures[pool.submit(_worker, task, ctx, slot, events)] = (task, slot)
+            finished, _ = wait(list(futures), timeout=0.2, return_when=FIRST_COMPLETED)
             while not events.empty():
                 key, event = events.get()
                 reporter.event(by_key[key], event)
-            for future in done:
-                task, slot = running.pop(future)
+            for future in finished:
+                task, slot = futures.pop(future)
                 free.append(slot)
-                outcomes[task.key] = future.result()
-                reporter.task_finished(outcomes[task.key])
-    return [outcomes[t.key] for t in tasks]
+                running.pop(task.key)
+                outcome = future.result()
+                if outcome.status == "BUSY":
+                    pending.append(task)
+                    wake[task.key] = time.monotonic() + BUSY_POLL_S
+                    reporter.task_waiting(outcome)
+                    continue
+                done[task.key] = outcome
+                reporter.task_finished(outcome)
+            if pending and not futures and not any(_ready(t, done) for t in pending):
+                time.sleep(0.2)
 
 
 def _worker(task: Task, ctx: TaskContext, device: str | None, events: Any) -> TaskOutcome:
-    return execute_task(task, ctx, device, lambda event: events.put((task.key, event)))
+    with terminate_as_interrupt():  # SLURM's SIGTERM reaches the workers too: close their runs
+        return _attempt(task, ctx, device, lambda event: events.put((task.key, event)))
 
 
-def _blocked_by(task: Task, outcomes: dict[str, TaskOutcome]) -> TaskOutcome | None:
+def _blocked_by(task: Task, outcomes: Mapping[str, TaskOutcome]) -> TaskOutcome | None:
     parent = outcomes.get(task.depends_on) if task.depends_on else None
     if parent is not None and parent.status == "FAILED":
         return TaskOutcome(task, "FAILED", error=f"its pre-training failed ({parent.error})")
@@ -286,7 +400,9 @@ def execute_task(
     on_event: Callable[[Any], None],
     tags: Mapping[str, Any] | None = None,
 ) -> TaskOutcome:
-    """Run (or replay from cache) one task inside its own tracking run; never raises.
+    """Run (or replay from cache) one task inside its own tracking run; never raises. A task that
+    another live process runs (any workdir sharing the store) is waited for, and then usually
+    found finished.
 
     Args:
         task: the task.
@@ -296,70 +412,117 @@ def execute_task(
             with status STOPPED (its run KILLED, its stage resumable, not done).
         tags: extra tags for a newly opened run (a sweep's trial number).
     """
-    with _work_lock(Path(ctx.workdir), "tasks", task.key):
+    while True:
+        outcome = _attempt(task, ctx, device, on_event, tags)
+        if outcome.status != "BUSY":
+            return outcome
+        time.sleep(BUSY_POLL_S)
+
+
+def _attempt(
+    task: Task, ctx: TaskContext, device: str | None, on_event: Callable[[Any], None], tags: Mapping[str, Any] | None = None
+) -> TaskOutcome:
+    """One try at a task: its outcome, BUSY when another live process owns its run."""
+    with _local.work_lock(Path(ctx.workdir), "tasks", task.key):
         return _execute_task(task, ctx, device, on_event, tags)
 
 
 def _execute_task(
     task: Task, ctx: TaskContext, device: str | None, on_event: Callable[[Any], None], tags: Mapping[str, Any] | None
 ) -> TaskOutcome:
+    from harness.tracking import Tracker
+
     tracker = Tracker(ctx.tracking_uri, provenance=ctx.provenance)
-    workdir = Path(ctx.workdir)
     last = task.stages[-1]
     stage_tag = "pretrain" if task.kind == "pretrain" else ("finetune" if any(s.kind == "finetune" for s in task.stages) else "eval")
     started = time.perf_counter()
-    finished = tracker.find_run(ctx.study, task.label, task.seed, stage_tag, last.hash, status="FINISHED")
-    if finished is not None:
-        return TaskOutcome(task, "FINISHED", finished, tracker.final_metrics(finished), cached=True)
-    failed = tracker.find_run(ctx.study, task.label, task.seed, stage_tag, last.hash, status="FAILED")
-    if failed is not None and not ctx.retry_failed:
-        return TaskOutcome(task, "FAILED", failed, error="failed in an earlier attempt (use --retry-failed)")
     pretrain_run = None
     if task.depends_on is not None:
         pretrain_run = tracker.find_run(ctx.study, None, task.seed, "pretrain", task.depends_on, status="FINISHED")
-    run_id = tracker.start_run(
+    claim = tracker.claim_run(
         ctx.study, task.label, task.seed, stage_tag, last.hash, ctx.parent_run_id, flatten(last.config),
-        {**({"harness.device": device} if device else {}), **(tags or {})}, pretrain_run_id=pretrain_run,
-    )
-    tracker.log_artifact_text(run_id, names.ARTIFACT_CONFIG, config_to_yaml(last.config))
+        {**({"harness.device": device} if device else {}), **(tags or {})},
+        pretrain_run_id=pretrain_run, retry_failed=ctx.retry_failed,
+    )  # fmt: skip
+    if claim.kind == "finished":  # done, in this workdir or another: its outputs are in the store
+        return TaskOutcome(task, "FINISHED", claim.run_id, tracker.final_metrics(claim.run_id), cached=True)
+    if claim.kind == "failed":
+        return TaskOutcome(task, "FAILED", claim.run_id, error="failed in an earlier attempt (use --retry-failed)")
+    if claim.kind == "busy":
+        owner = claim.owner.describe() if claim.owner is not None else "another process"
+        return TaskOutcome(task, "BUSY", claim.run_id, error=f"{owner} is running it")
+    run_id = claim.run_id
+    where: list[StageRecord] = []  # the stage being worked on, for messages
     try:
-        metrics, cached = _run_stages(task, workdir, device, tracker, run_id, on_event)
+        tracker.log_artifact_text(run_id, names.ARTIFACT_CONFIG, config_to_yaml(last.config))
+        metrics, cached = _run_stages(task, ctx, device, tracker, run_id, on_event, where)
     except TaskStopped as stop:  # on purpose: the stage stays resumable, the run is not a failure
         tracker.end_run(run_id, "KILLED")
         return TaskOutcome(task, "STOPPED", run_id, seconds=time.perf_counter() - started, error=str(stop))
+    except _LeaseLost:  # the run is another process's now: leave it alone
+        error = "another process took over this run (this process's heartbeat lapsed); its result is that process's"
+        return TaskOutcome(task, "FAILED", None, seconds=time.perf_counter() - started, error=error)
+    except KeyboardInterrupt:
+        tracker.end_run(run_id, "KILLED")  # resumable: the next `harness run` continues it
+        raise
     except Exception as exc:  # failure isolation: record it, let the other tasks go on
         trace = traceback.format_exc()
         tracker.log_artifact_text(run_id, names.ARTIFACT_TRACEBACK, trace)
         tracker.end_run(run_id, "FAILED")
-        error = f"{type(exc).__name__}: {exc}"
+        error = _describe_failure(exc, where[-1] if where else last)
         return TaskOutcome(task, "FAILED", run_id, seconds=time.perf_counter() - started, error=error, traceback=trace)
     tracker.end_run(run_id, "FINISHED")
     return TaskOutcome(task, "FINISHED", run_id, metrics, time.perf_counter() - started, cached)
 
 
+def _describe_failure(exc: BaseException, stage: StageRecord) -> str:
+    """One line for the summary: the stage, the cause, and a remedy when one is known."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    cause = first if isinstance(exc, UserError) else f"{type(exc).__name__}: {first}"
+    remedy = _REMEDIES.get(type(exc).__name__)
+    if remedy is not None:
+        cause = f"out of memory ({first[:160]}); {remedy.format(kind=stage.kind)}"
+    line = f"{stage.kind} {stage.hash}: {cause}"
+    return line if len(line) <= _ERROR_CHARS else line[: _ERROR_CHARS - 3] + "..."
+
+
 def _run_stages(
-    task: Task, workdir: Path, device: str | None, tracker: Tracker, run_id: str, on_event: Callable
+    task: Task,
+    ctx: TaskContext,
+    device: str | None,
+    tracker: Tracker,
+    run_id: str,
+    on_event: Callable,
+    where: list[StageRecord],
 ) -> tuple[dict[str, float], bool]:
     from harness._stages import run_stage  # heavy imports (torch, models) only where stages run
 
+    workdir = Path(ctx.workdir)
+
     def live(event: Any) -> None:
+        if tracker.lost(run_id):
+            raise _LeaseLost()
         if event.kind == "epoch":  # per-epoch metrics show in the UI while the stage runs
             tracker.log_metrics(run_id, event.metrics, step=event.epoch)
         on_event(event)
 
+    if task.parent_stage is not None:  # its files may be in another workdir only
+        where.append(task.parent_stage)
+        _parent_here(task.parent_stage, ctx, tracker, device, on_event)
     metrics: dict[str, float] = {}
     all_cached = True
     for stage in task.stages:
+        where.append(stage)
         out = stage_dir(workdir, stage.hash)
         parent_out = stage_dir(workdir, stage.parent) if stage.parent else None
-        with _work_lock(workdir, "stages", stage.hash):  # another task may share this stage
+        with _local.work_lock(workdir, "stages", stage.hash):  # another task may share this stage
             cached = (out / DONE).is_file()
             if cached:
-                record = json.loads((out / "record.json").read_text())
+                record = _local.read_record(workdir, stage.hash)
             else:
-                record = run_stage(stage, out, parent_out, workdir, device, live)
-                (out / "record.json").write_text(json.dumps(record))
-                mark_done(workdir, stage.hash)
+                record = _checked(lambda: run_stage(stage, out, parent_out, workdir, device, live), workdir, task)
+                _local.finish_stage(workdir, stage.hash, record)
         all_cached &= cached
         # Replay what the run lacks: a cached stage, or epochs a killed attempt never logged.
         logged = tracker.logged_steps(run_id, names.TRAIN_LOSS)
@@ -373,4 +536,46 @@ def _run_stages(
             metrics.update({names.val_metric(k): v for k, v in record["best"].items()})
         if (out / names.ARTIFACT_RANKS).is_file():
             tracker.log_artifact_file(run_id, out / names.ARTIFACT_RANKS)
+        if ctx.share_checkpoints and stage.kind == "pretrain":
+            tracker.log_stage_checkpoint(run_id, [out / name for name in _local.BEST_FILES])
+    tracker.add_holder(run_id, workdir)
     return metrics, all_cached
+
+
+def _parent_here(stage: StageRecord, ctx: TaskContext, tracker: Tracker, device: str | None, on_event: Callable) -> None:
+    """The parent stage's files in this workdir: already here, fetched from the store, or run here."""
+    from harness._stages import run_stage
+
+    workdir = Path(ctx.workdir)
+    finished = tracker.find_run(ctx.study, None, None, stage.kind, stage.hash, status="FINISHED")
+
+    def fetch(out: Path) -> bool:
+        return finished is not None and tracker.fetch_stage_checkpoint(finished, out) is not None
+
+    def run(out: Path) -> dict[str, Any]:
+        return run_stage(stage, out, None, workdir, device, on_event)
+
+    how = _local.make_present(stage, workdir, fetch, run)
+    if how != "here" and finished is not None:
+        tracker.add_holder(finished, workdir)
+        if how == "ran" and ctx.share_checkpoints:  # trained again here: share it from now on
+            tracker.log_stage_checkpoint(finished, [stage_dir(workdir, stage.hash) / name for name in _local.BEST_FILES])
+
+
+def _checked(run: Callable[[], dict[str, Any]], workdir: Path, task: Task) -> dict[str, Any]:
+    """Run a stage; a damaged checkpoint of one of this workdir's stages resets that stage (its
+    DONE removed, the file set aside) and fails the task with one line naming both."""
+    from core.checkpoint import DamagedCheckpoint  # torch: only where stages run
+
+    try:
+        return run()
+    except DamagedCheckpoint as err:
+        digest = _local.stage_of(workdir, err.path)
+        if digest is None:
+            raise
+        known = {s.hash: s.kind for s in (*task.stages, *((task.parent_stage,) if task.parent_stage else ()))}
+        _local.reset_stage(workdir, digest, err.path)
+        raise UserError(
+            f"{err} (stage {known.get(digest, 'stage')} {digest}); that stage was reset and trains again on the"
+            " next run: use --retry-failed"
+        ) from err

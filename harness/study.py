@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,8 @@ class Study(_Strict):
             if both:
                 raise ValueError(f"arms[{i}] ('{arm.label}') sets {both}, which `vary` also varies")
         labels = [arm.label for arm in expand_arms(self)]
+        for label in labels:
+            _check_printable(label)
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
             raise ValueError(f"arm labels repeat: {repeated}; give each arm its own label")
@@ -297,6 +300,20 @@ def _show(value: Any) -> str:
 def _refuse_seed(values: Mapping[str, Any], where: str) -> None:
     if SEED_KEY in flatten(values):
         raise ValueError(f"{where} sets {SEED_KEY}; list the seeds under `seeds` instead")
+
+
+# control characters (newline, tab, escape), format characters (bidi overrides, zero-width) and
+# line separators: a label is printed in tables, logs and reports, where they break or hide text
+_UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")
+
+
+def _check_printable(label: str) -> None:
+    bad = next((c for c in label if unicodedata.category(c) in _UNPRINTABLE), None)
+    if bad is not None:
+        raise ValueError(
+            f"arm label {label!r} holds the control character U+{ord(bad):04X}; labels are printed in tables,"
+            " logs and reports: remove it (from the arm's label, or from the varied value it is built from)"
+        )
 
 
 def _check_label(where: str, label: str, labels: list[str]) -> None:

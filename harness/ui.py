@@ -1,7 +1,8 @@
 """``harness ui``: the MLflow UI on the project's tracking store, bound to 127.0.0.1.
 
 The UI is MLflow's own server (``python -m mlflow ui``) in a child process of its own session,
-so that stopping it stops its workers too. Studies show as experiments, each (arm, seed) run
+so that stopping it stops its workers too. It is stopped however ``harness ui`` ends: Ctrl-C,
+SIGTERM or SIGHUP (a closed terminal) alike, never left listening as an orphan. Studies show as experiments, each (arm, seed) run
 nested under the study's parent run.
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from harness._signals import terminate_as_interrupt
 
 __all__ = ["UiServer", "ui_command", "start_ui", "serve_ui"]
 
@@ -128,7 +130,8 @@ def serve_ui(
     port: int = DEFAULT_PORT,
     on_ready: Callable[[str], None] = print,
 ) -> None:
-    """Run the MLflow UI until interrupted (Ctrl-C) or until the server exits.
+    """Run the MLflow UI until interrupted (Ctrl-C, SIGTERM, SIGHUP: the server is stopped) or
+    until the server exits.
 
     Args:
         tracking_uri: the tracking store.
@@ -139,7 +142,7 @@ def serve_ui(
     Raises:
         UserError: as :func:`start_ui`, or the server stopped by itself.
     """
-    with start_ui(tracking_uri, host, port) as server:
+    with terminate_as_interrupt(), start_ui(tracking_uri, host, port) as server:
         on_ready(server.url)
         try:
             code = server.process.wait()

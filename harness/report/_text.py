@@ -14,16 +14,20 @@ from harness.report._summary import StudyReport
 
 __all__ = ["markdown_escape", "to_markdown", "to_csv", "power_lines"]
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~^])")
+# CommonMark's and GitHub's specials: emphasis, code, links, HTML, headings, tables, strike, and
+# $ (GitHub renders $...$ as math); each is shown as written when backslash-escaped
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~^$])")
+_MD_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")  # a line break ends a table row
 
 
 def markdown_escape(text: str) -> str:
-    """Text that Markdown shows as written (``l2_norm`` stays ``l2_norm``, ``a|b`` stays in its cell).
+    """Text that Markdown shows as written on one line (``l2_norm`` stays ``l2_norm``, ``a|b``
+    stays in its cell, ``$5`` is no formula, a line break becomes a space).
 
     Args:
         text: any text.
     """
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    return _MD_SPECIAL.sub(r"\\\1", _MD_BREAKS.sub(" ", text))
 
 
 MARKUP = Markup(

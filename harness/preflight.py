@@ -1,0 +1,108 @@
+"""What ``harness run`` checks before any work, so that a bad input is one line, not a FAILED run
+per arm: the plan's size, the backbones, weight files and devices every arm names, and the workdir.
+
+The tracking store is checked by :func:`harness.tracking.init_store` (a short timeout, the URI in
+the message). Everything here is cheap: a 1,000-arm plan is checked once per distinct backbone
+and device, not per arm, and nothing is built or downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.config import Config
+from core.errors import UserError
+from harness.plan import Plan
+
+__all__ = ["DEFAULT_MAX_RUNS", "check_plan", "check_plan_size", "check_workdir"]
+
+DEFAULT_MAX_RUNS = 500  # (arm, seed) runs above which `harness run` asks for --yes
+
+
+def check_plan(plan: Plan, devices: Sequence[str] = ()) -> None:
+    """Every backbone, local weight file and device the plan's arms name (:func:`core.checks.
+    check_config`), and the ``--devices`` given.
+
+    Args:
+        plan: the study's plan.
+        devices: the ``--devices`` list (each must exist here).
+
+    Raises:
+        UserError: naming the study, the first arm concerned, the key and the bad value.
+    """
+    from core.checks import check_config, check_device  # timm's registry: only when checking
+
+    seen: set[str] = set()
+    for run in plan.runs:
+        key = _names_outside(run.config)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_config(run.config)
+        except UserError as err:
+            raise UserError(f"study {plan.study.name}, arm '{run.arm.label}': {err}") from None
+    for device in devices:
+        check_device(device, "--devices")
+
+
+def _names_outside(config: Config) -> str:
+    """What :func:`core.checks.check_config` reads: two configs that agree on it pass or fail alike."""
+    parts = {
+        "image": config.model.image.model_dump(mode="json", include={"backbone", "pretrained"}),
+        "text": config.model.text.backbone,
+        "device": config.runtime.device,
+        **{
+            stage: getattr(config, stage).structure.model_dump(mode="json")
+            for stage in ("pretrain", "finetune")
+            if getattr(config, stage).enabled and getattr(config, stage).structure.enabled
+        },
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+def check_plan_size(plan: Plan, max_runs: int | None) -> None:
+    """Refuse a plan of more than ``max_runs`` (arm, seed) runs (a grid grown by a typo).
+
+    Args:
+        plan: the study's plan.
+        max_runs: the limit; None: no limit (``--yes``).
+    """
+    if max_runs is not None and len(plan.runs) > max_runs:
+        raise UserError(
+            f"study {plan.study.name} plans {len(plan.runs)} (arm, seed) runs, more than the limit of {max_runs}:"
+            " look at the plan with --dry-run, then run it with --yes (or raise --max-runs)"
+        )
+
+
+def check_workdir(workdir: str | os.PathLike, create: bool = True) -> None:
+    """The workdir is a folder this process can write: created when missing (``create``), else
+    only looked at (a dry run writes nothing).
+
+    Args:
+        workdir: the harness working directory.
+        create: create it and write a probe file; False: check without writing.
+
+    Raises:
+        UserError: it is a file, or cannot be created or written (permissions, a read-only file
+            system), in one line naming it and the cause.
+    """
+    workdir = Path(workdir)
+    hint = "give --workdir (or HARNESS_HOME) a folder you can write"
+    if workdir.exists() and not workdir.is_dir():
+        raise UserError(f"workdir {workdir} is a file, not a folder; {hint}")
+    if not create:
+        existing = next(p for p in (workdir, *workdir.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"workdir {workdir}: {existing} is not writable; {hint}")
+        return
+    probe = workdir / f".write-probe-{os.getpid()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"workdir {workdir} is not writable ({err.strerror}); {hint}") from None
