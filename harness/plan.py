@@ -74,6 +74,7 @@ STAGE_FIELDS: dict[StageKind, tuple[str, ...]] = {
         "finetune",
         "eval.select_metric",
         "eval.every_epochs",
+        "eval.batch_size",  # neutral unless the decoder's padding is unmasked (_neutral_fields)
         "runtime.seed",
         "runtime.precision",
         "runtime.tf32",
@@ -224,11 +225,16 @@ def hashed_fields(config: Config, kind: StageKind) -> dict[str, Any]:
 def _own_fields(flat: Mapping[str, Any], kind: StageKind) -> dict[str, Any]:
     prefixes = STAGE_FIELDS[kind]
     below = tuple(p + "." for p in prefixes)
-    return {
-        key: value
-        for key, value in flat.items()
-        if key not in NEUTRAL_FIELDS and (key in prefixes or key.startswith(below))
-    }
+    neutral = _neutral_fields(flat, kind)
+    return {key: value for key, value in flat.items() if key not in neutral and (key in prefixes or key.startswith(below))}
+
+
+def _neutral_fields(flat: Mapping[str, Any], kind: StageKind) -> frozenset[str]:
+    """:data:`NEUTRAL_FIELDS`, less ``eval.batch_size`` for a stage that embeds sparse captions
+    through a decoder whose padding is unmasked (the released code's): a caption's embedding then
+    depends on how much padding its evaluation batch has, so validation and test do too."""
+    unmasked = kind != "pretrain" and flat.get("model.decoder.depth", 0) > 0 and flat.get("model.decoder.mask_padding") is False
+    return NEUTRAL_FIELDS - {"eval.batch_size"} if unmasked else NEUTRAL_FIELDS
 
 
 def stage_hash(config: Config, kind: StageKind, parent: str | None, data: str) -> str:

@@ -273,3 +273,12 @@ def test_auto_precision_is_hashed_as_what_it_resolves_to_on_this_machine() -> No
     other = make_plan(Study(name="s"), {"runtime.precision": "fp16"})
     assert auto.runs[0].chain == explicit.runs[0].chain != other.runs[0].chain
     assert auto.runs[0].config.runtime.precision == resolved  # what runs is what was hashed
+
+
+def test_eval_batch_size_is_hashed_only_where_unmasked_decoder_padding_makes_results_depend_on_it() -> None:
+    masked = hashes({"eval.batch_size": 64}), hashes({"eval.batch_size": 128})
+    assert masked[0] == masked[1]  # padding masked: the batch changes nothing
+    unmasked = hashes({"eval.batch_size": 64, "model.decoder.mask_padding": False})
+    other = hashes({"eval.batch_size": 128, "model.decoder.mask_padding": False})
+    assert unmasked["pretrain"] == other["pretrain"]  # pre-training embeds dense text without the decoder
+    assert unmasked["finetune"] != other["finetune"] and unmasked["eval"] != other["eval"]

@@ -513,6 +513,29 @@ def test_seeds_for_a_target_are_the_fewest_whose_detectable_bound_meets_it():
     assert power([2.0], test_se=1.0, target=4.0).seed_sd is None  # one seed: the seed noise is unknown
 
 
+def test_the_standard_error_model_matches_the_spread_of_repeated_studies():
+    """Simulated studies whose per-query differences are a shared query effect + seed x query flips
+    + a seed shift: the power line's SE(k) = sqrt(A + sd^2 / k) must match the spread of the
+    k-seed estimate over repeated studies (counting the query noise once, not twice)."""
+    from harness.report._power import shared_query_se
+
+    rng = np.random.default_rng(0)
+    Q, k, repeats = 2000, 3, 400
+    a = rng.normal(0.0, 60.0, Q)  # the test set is fixed: its query effects too
+    estimates, predicted = [], []
+    for _ in range(repeats):
+        d = a[:, None] + rng.normal(0.0, 200.0, (Q, k)) + rng.normal(0.0, 1.0, k)  # (Q, k): flips dominate
+        per_seed = d.mean(0)
+        v1 = [np.var(d[:, s], ddof=1) / Q for s in range(k)]  # what the per-seed bootstrap measures
+        vn = np.var(d.mean(1), ddof=1) / Q
+        se_a = shared_query_se(vn, v1)
+        predicted.append(np.sqrt(se_a**2 + np.var(per_seed, ddof=1) / k))
+        estimates.append(per_seed.mean())
+    # the test set's own effect is fixed over repeats: the truth adds its sampling spread back
+    true_se = np.sqrt(np.var(estimates, ddof=1) + np.var(a, ddof=1) / Q)
+    assert np.mean(predicted) == pytest.approx(true_se, rel=0.1)
+
+
 def test_markdown_and_csv_state_each_comparisons_power_line(report_store):  # noqa: F811
     (report,) = load_reports(report_store.uri, [DEPTH_STUDY], detect=5.0)
     md = to_markdown(report)

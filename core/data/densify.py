@@ -29,13 +29,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 from PIL import Image
-from pydantic import Field
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from core.config import DensifyConfig

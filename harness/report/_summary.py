@@ -15,7 +15,7 @@ import pandas as pd
 from core.metric_keys import RECALLS, RSUM, TABLE_ORDER
 from harness.report._bootstrap import Delta, Ranks, paired_bootstrap_rsum
 from harness.report._labels import lower_is_better
-from harness.report._power import Power, power
+from harness.report._power import Power, power, shared_query_se
 from harness.report._study import StudyView
 from harness.tracking import names
 
@@ -205,7 +205,7 @@ def study_report(
     history = _prefixed(chosen, "val/").rename(columns={"step": "epoch"})
     history = history[history["epoch"].notna()].reset_index(drop=True)  # val/* read as latest values only
     columns = table_columns((*view.spec.metrics, metric or view.spec.metrics[0]))
-    deltas, notes = _deltas(view, finished, ranks, n_resamples, level, seed)
+    deltas, query_se, notes = _deltas(view, finished, ranks, n_resamples, level, seed)
     problems = (*_run_problems(picked, values, split), *_pretrain_problems(frame))
     if view.baseline is not None and view.baseline not in view.arms:
         notes = (*notes, f"the baseline '{view.baseline}' is not an arm of the study: no deltas")
@@ -217,7 +217,7 @@ def study_report(
         values=values,
         history=history,
         deltas=deltas,
-        power=_power(view.baseline, deltas, values, detect),
+        power=_power(view.baseline, deltas, query_se, values, detect),
         detect=detect,
         problems=problems,
         notes=(*view.notes, *notes),
@@ -240,9 +240,9 @@ def _deltas(
     n_resamples: int,
     level: float,
     seed: int,
-) -> tuple[dict[str, Delta], tuple[str, ...]]:
+) -> tuple[dict[str, Delta], dict[str, float], tuple[str, ...]]:
     if view.baseline is None or view.baseline not in view.arms:
-        return {}, ()
+        return {}, {}, ()
     by_arm: dict[str, dict[int, Ranks]] = {}
     lacking = []
     for row in finished.itertuples():
@@ -254,8 +254,8 @@ def _deltas(
     notes = [f"no per-query ranks ({names.ARTIFACT_RANKS}), left out of the deltas: {'; '.join(lacking)}"] if lacking else []
     base = by_arm.get(view.baseline)
     if not base:
-        return {}, (*notes, f"no deltas: the baseline '{view.baseline}' has no finished run with per-query ranks")
-    deltas = {}
+        return {}, {}, (*notes, f"no deltas: the baseline '{view.baseline}' has no finished run with per-query ranks")
+    deltas, query_se = {}, {}
     for arm, runs in by_arm.items():
         if arm == view.baseline:
             continue
@@ -263,18 +263,29 @@ def _deltas(
             deltas[arm] = paired_bootstrap_rsum(runs, base, n_resamples, level, seed)
         except ValueError as err:  # different test sets: say so instead of a meaningless number
             notes.append(f"no delta for {arm}: {err}")
-    return deltas, tuple(notes)
+            continue
+        shared = sorted(set(runs) & set(base))
+        if len(shared) >= 2:  # each seed alone: the per-seed bootstrap variances
+            alone = [paired_bootstrap_rsum({s: runs[s]}, {s: base[s]}, n_resamples, level, seed).se ** 2 for s in shared]
+            query_se[arm] = shared_query_se(deltas[arm].se ** 2, alone)
+    return deltas, query_se, tuple(notes)
 
 
-def _power(baseline: str | None, deltas: Mapping[str, Delta], values: pd.DataFrame, detect: float | None) -> dict[str, Power]:
-    """Each delta's power line, from the per-seed rSum differences on the seeds it paired."""
+def _power(
+    baseline: str | None, deltas: Mapping[str, Delta], query_se: Mapping[str, float], values: pd.DataFrame, detect: float | None
+) -> dict[str, Power]:
+    """Each delta's power line, from the per-seed rSum differences on the seeds it paired and the
+    test queries' shared noise (one seed: the bootstrap's standard error, everything included)."""
     rsum = values[values["metric"] == RSUM].groupby(["arm", "seed"])["value"].mean()
     lines = {}
     for arm, delta in deltas.items():
         differences = [
             rsum[(arm, s)] - rsum[(baseline, s)] for s in delta.seeds if (arm, s) in rsum.index and (baseline, s) in rsum.index
         ]
-        lines[arm] = power(differences if len(differences) >= 2 else [delta.estimate], delta.se, detect)
+        if len(differences) >= 2 and arm in query_se:
+            lines[arm] = power(differences, query_se[arm], detect)
+        else:
+            lines[arm] = power([delta.estimate], delta.se, detect)
     return lines
 
 
