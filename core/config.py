@@ -154,9 +154,10 @@ class DecoderConfig(Section):
     # placement has no effect (False reproduces the released decoder)
     positions: bool = True
     mask_padding: bool = True  # False reproduces the released code (batch-dependent embeddings)
-    # True: normalize(normalize(t_s) + normalize(t_hat)); False: the released training path,
-    # normalize(LayerNorm output + t_hat), both un-normalised
-    normalize_residual: bool = True
+    # how t_hat joins the sparse embedding t_s (the LayerNorm output): unit = l2n(l2n(t_s) +
+    # l2n(t_hat)) in training and evaluation; raw = l2n(t_s + t_hat), the released training path,
+    # in both; released = raw in training, l2n(t_s + l2n(t_hat)) in evaluation (the released code)
+    residual: Literal["unit", "raw", "released"] = "unit"
 
 
 class ModelConfig(Section):

@@ -49,6 +49,7 @@ __all__ = [
     "TextEncoder",
     "DecoderLayout",
     "SparseDecoder",
+    "RESIDUALS",
     "TEXT_BACKBONE_ALIASES",
     "sinusoid_positions",
 ]
@@ -473,6 +474,18 @@ class SparseDecoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------- model
+# residual(t_s (B, D) LayerNorm output, t_hat (B, D), training) -> the sum to L2-normalise
+RESIDUALS: dict[str, Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]] = {
+    # both unit: the residual weighs as much as the sparse embedding, in training and evaluation
+    "unit": lambda t_s, t_hat, training: F.normalize(t_s, dim=-1) + F.normalize(t_hat, dim=-1),
+    # the released training path (both raw), in training and evaluation
+    "raw": lambda t_s, t_hat, training: t_s + t_hat,
+    # the released code: raw in training; in evaluation a unit residual on the raw LayerNorm
+    # output, where it weighs about 1/sqrt(D)
+    "released": lambda t_s, t_hat, training: t_s + (t_hat if training else F.normalize(t_hat, dim=-1)),
+}
+
+
 def _build_image_encoder(cfg: ModelConfig) -> ImageEncoder:
     return ImageEncoder(create_image_backbone(cfg.image), cfg.image, cfg.embed_dim)
 
@@ -534,9 +547,8 @@ class D2SVSE(nn.Module):
             decoder: add the sparse-branch decoder's residual (sparse captions). False gives the
                 dense branch (pre-training, the frozen dense teacher); without a decoder
                 (depth 0) both are the same. With False, strings are tokenized as dense captions.
-        The residual is added to the unit sparse embedding as a unit vector
-        (``model.decoder.normalize_residual``), or, as the released training path does, raw to
-        the raw LayerNorm output.
+        How the residual joins the sparse embedding is ``model.decoder.residual``
+        (:data:`RESIDUALS`).
         """
         tokens = captions if isinstance(captions, Mapping) else self.tokenize(captions, dense=not decoder)
         ids = tokens["input_ids"].to(self.device, non_blocking=True)
@@ -544,9 +556,7 @@ class D2SVSE(nn.Module):
         emb, words = self.text(ids, mask)  # (B, D) LayerNorm output, (B, L, D)
         if decoder and self.decoder is not None:
             residual = self.decoder(words, mask.bool())  # (B, D)
-            if self.config.decoder.normalize_residual:
-                emb, residual = F.normalize(emb, dim=-1), F.normalize(residual, dim=-1)
-            emb = emb + residual
+            emb = RESIDUALS[self.config.decoder.residual](emb, residual, self.training)
         return F.normalize(emb, dim=-1)
 
     def forward(

@@ -113,7 +113,7 @@ def test_every_config_choice_is_exactly_the_keys_of_the_registry_that_implements
     from core import metric_keys
     from core.data.sources import SOURCES
     from core.losses import ALIGN_LOSSES, DISTILL_METRICS, STRUCTURE_METRICS
-    from core.model import PLACEMENTS, POOLS
+    from core.model import PLACEMENTS, POOLS, RESIDUALS
     from core.runtime import AUTO_PRECISION, Precision
     from core.train import SCHEDULES
     from harness.config_doc import config_keys
@@ -123,6 +123,7 @@ def test_every_config_choice_is_exactly_the_keys_of_the_registry_that_implements
         "model.image.pool": POOLS,
         "model.text.pool": POOLS,
         "model.decoder.placement": PLACEMENTS,
+        "model.decoder.residual": RESIDUALS,
         "align.loss": ALIGN_LOSSES,
         "finetune.distill.metric": DISTILL_METRICS,
         "structure.metric": STRUCTURE_METRICS,

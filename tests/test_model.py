@@ -115,23 +115,26 @@ def test_placement_matters_only_with_positions():
     assert not torch.allclose(placed[1], placed[2], atol=1e-3)
 
 
-@pytest.mark.parametrize("normalize_residual", [True, False])
-def test_sparse_embedding_adds_the_residual_as_configured(normalize_residual):
-    """True: normalize(normalize(t_s) + normalize(t_hat)); False, the released training path:
-    normalize(layernorm_out + t_hat), both raw."""
-    model = _model(**{"model.decoder.normalize_residual": normalize_residual})
+@pytest.mark.parametrize(("residual", "training"), [("unit", False), ("raw", False), ("released", True), ("released", False)])
+def test_sparse_embedding_adds_the_residual_as_configured(residual, training):
+    """unit: l2n(l2n(t_s) + l2n(t_hat)); raw, the released training path: l2n(t_s + t_hat);
+    released: raw in training, l2n(t_s + l2n(t_hat)) in evaluation (t_s: the LayerNorm output)."""
+    model = _model(**{"model.decoder.residual": residual}).train(training)
     tokens = model.tokenize([SHORT, LONG])
-    with torch.no_grad():
-        layernorm_out, words = model.text(tokens["input_ids"], tokens["attention_mask"])
+    with torch.no_grad():  # the same seed before each pass: training mode draws the same dropout
+        torch.manual_seed(0)
+        t_s, words = model.text(tokens["input_ids"], tokens["attention_mask"])
         t_hat = model.decoder(words, tokens["attention_mask"].bool())
+        torch.manual_seed(0)
         got = model.embed_texts(tokens)
     F = torch.nn.functional
-    if normalize_residual:
-        expected = F.normalize(F.normalize(layernorm_out, dim=-1) + F.normalize(t_hat, dim=-1), dim=-1)
-    else:
-        expected = F.normalize(layernorm_out + t_hat, dim=-1)
-        assert layernorm_out.norm(dim=-1).min() > 5  # the LayerNorm scale, about sqrt(D), not 1
-    torch.testing.assert_close(got, expected)
+    expected = {
+        "unit": F.normalize(t_s, dim=-1) + F.normalize(t_hat, dim=-1),
+        "raw": t_s + t_hat,
+        "released": t_s + (t_hat if training else F.normalize(t_hat, dim=-1)),
+    }[residual]
+    assert t_s.norm(dim=-1).min() > 5  # the LayerNorm scale, about sqrt(D), not 1
+    torch.testing.assert_close(got, F.normalize(expected, dim=-1))
 
 
 # --------------------------------------------------------------------- baseline and invariance
