@@ -155,7 +155,10 @@ def plan_study(
     what its arms name outside the config (backbones, weight files, devices, ``devices``), and
     group its stages into tasks (no side effects)."""
     study = load_study(path, seeds, setting)
-    plan = make_plan(study, overrides)
+    if len({d.split(":")[0] for d in devices}) > 1:
+        raise UserError(f"--devices {','.join(devices)} mixes device types: precision 'auto' would differ between workers")
+    # the workers' device decides what precision 'auto' means, not the one the config names
+    plan = make_plan(study, overrides, device=devices[0] if devices else None)
     check_plan(plan, devices)
     return study, plan, plan_tasks(plan)
 

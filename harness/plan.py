@@ -130,7 +130,7 @@ class Plan:
     stages: dict[str, StageRecord]
 
 
-def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Plan:
+def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = (), device: str | None = None) -> Plan:
     """Expand a study into runs and de-duplicated stages (pure: nothing is written).
 
     Runs are ordered seed-major (every arm of seed 0, then of seed 1, ...) so that an interrupted
@@ -139,6 +139,8 @@ def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = ()) -
     Args:
         study: a validated study.
         overrides: ``--set`` items (``KEY=VALUE`` strings or a mapping), applied to every arm last.
+        device: the device the stages will run on (``--devices``), where it replaces
+            ``runtime.device`` (precision ``auto`` is resolved for it).
 
     Raises:
         UserError: a bad key or value in any arm (naming the arm), or an arm with both stages
@@ -152,7 +154,7 @@ def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = ()) -
         for arm in expand_arms(study):
             config = arm_config(study, arm, overrides, seed=seed)
             try:
-                config = resolve_auto_precision(config)
+                config = resolve_auto_precision(config, device)
                 data_key = config.data.model_dump_json()
                 if data_key not in fingerprints:
                     fingerprints[data_key] = data_fingerprint(config.data)
@@ -171,18 +173,19 @@ def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = ()) -
     return Plan(study, tuple(runs), stages)
 
 
-def resolve_auto_precision(config: Config) -> Config:
-    """``runtime.precision: auto`` replaced by what it means for ``runtime.device`` here (bf16 on
+def resolve_auto_precision(config: Config, device: str | None = None) -> Config:
+    """``runtime.precision: auto`` replaced by what it means for the stage's device here (bf16 on
     a GPU, fp32 on a CPU), so a CPU stage is never taken for a GPU one.
 
     Args:
         config: a resolved config.
+        device: the device the stage will run on; default ``runtime.device``.
     """
     if config.runtime.precision != "auto":
         return config
     from core.runtime import resolve_precision
 
-    precision = resolve_precision("auto", config.runtime.device)
+    precision = resolve_precision("auto", device or config.runtime.device)
     return config.model_copy(update={"runtime": config.runtime.model_copy(update={"precision": precision})})
 
 

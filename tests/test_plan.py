@@ -282,3 +282,12 @@ def test_eval_batch_size_is_hashed_only_where_unmasked_decoder_padding_makes_res
     other = hashes({"eval.batch_size": 128, "model.decoder.mask_padding": False})
     assert unmasked["pretrain"] == other["pretrain"]  # pre-training embeds dense text without the decoder
     assert unmasked["finetune"] != other["finetune"] and unmasked["eval"] != other["eval"]
+
+
+def test_auto_precision_is_resolved_for_the_device_the_workers_run_on() -> None:
+    on_cpu = make_plan(Study(name="s"), {"runtime.precision": "auto", "runtime.device": "auto"}, device="cpu")
+    assert on_cpu.runs[0].config.runtime.precision == "fp32"
+    with pytest.raises(UserError, match="mixes device types"):
+        from harness.execute import plan_study
+
+        plan_study(Path(__file__).parents[1] / "studies" / "decoder_depth.yaml", devices=("cpu", "cuda:0"))
