@@ -12,12 +12,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from core.metric_keys import RSUM
 from harness.execute import Reporter, StudyResult, Task, TaskOutcome
 from harness.plan import Plan
+from harness.tracking import names
 
 __all__ = ["print_plan", "print_summary", "print_next_steps", "ProgressReporter", "LogReporter"]
 
 # Off a terminal (a log file, CI, SLURM) rich would fold tables to 80 columns; a log has room.
+VAL_RSUM, TEST_RSUM = names.val_metric(RSUM), names.test_metric(RSUM)
 console = Console(width=None if sys.stdout.isatty() else 160)
 log = logging.getLogger("harness")
 PLAN_ROWS = 200  # tasks the dry-run table shows; a larger plan is summed up below it
@@ -60,8 +63,8 @@ def print_summary(result: StudyResult) -> None:
             str(outcome.task.seed),
             _stage_names(outcome.task),
             f"[{style}]{status}[/]",
-            _fmt(outcome.metrics.get("val/rsum")),
-            _fmt(outcome.metrics.get("test/rsum")),
+            _fmt(outcome.metrics.get(VAL_RSUM)),
+            _fmt(outcome.metrics.get(TEST_RSUM)),
             f"{outcome.seconds:.0f}s",
         )
     console.print(table)
@@ -126,12 +129,12 @@ class ProgressReporter(Reporter):
         done = event.epoch * event.steps_per_epoch + event.step
         total = None
         info = f"{event.stage} epoch {event.epoch + 1}"
-        if "train/loss" in event.metrics:
-            info += f" loss {event.metrics['train/loss']:.3f}"
-        if "train/pairs_per_s" in event.metrics:
-            info += f" {event.metrics['train/pairs_per_s']:.0f} pairs/s"
-        if "val/rsum" in event.metrics:
-            info += f" val rsum {event.metrics['val/rsum']:.1f}"
+        if names.TRAIN_LOSS in event.metrics:
+            info += f" loss {event.metrics[names.TRAIN_LOSS]:.3f}"
+        if names.PAIRS_PER_S in event.metrics:
+            info += f" {event.metrics[names.PAIRS_PER_S]:.0f} pairs/s"
+        if VAL_RSUM in event.metrics:
+            info += f" val rsum {event.metrics[VAL_RSUM]:.1f}"
         self.progress.update(self.stage_bar, completed=done, total=total, info=info)
 
     def task_waiting(self, outcome: TaskOutcome) -> None:
@@ -164,7 +167,7 @@ class LogReporter(Reporter):
 
     def event(self, task: Task, event: Any) -> None:
         if event.kind == "epoch":
-            shown = {k: round(v, 3) for k, v in event.metrics.items() if k in ("train/loss", "val/rsum", "train/pairs_per_s")}
+            shown = {k: round(v, 3) for k, v in event.metrics.items() if k in (names.TRAIN_LOSS, VAL_RSUM, names.PAIRS_PER_S)}
             log.info("%s seed %d %s epoch %d %s", task.label, task.seed, event.stage, event.epoch, shown)
 
     def task_waiting(self, outcome: TaskOutcome) -> None:
