@@ -260,6 +260,7 @@ def run_study(
             else:
                 _run_parallel(tasks, context, slots, reporter, running, done)
         except KeyboardInterrupt:
+            tracker.end_owned_runs("KILLED")  # any this process opened and had not closed yet
             tracker.reap_unfinished(study.name)  # runs of workers that died before closing them
             tracker.end_run(parent, "KILLED")
             interrupted = [task.describe() for task in running.values()]
@@ -305,8 +306,8 @@ def _run_sequential(
     wake: dict[str, float] = {}  # BUSY task -> when to look at it again
     while pending:
         ready = [t for t in pending if _ready(t, done) and wake.get(t.key, 0.0) <= time.monotonic()]
-        if not ready:
-            time.sleep(max(0.1, min(wake.values(), default=time.monotonic()) - time.monotonic()))
+        if not ready:  # every pending task is BUSY elsewhere, or waits for one that is
+            time.sleep(max(0.1, min(wake.get(t.key, 0.0) for t in pending) - time.monotonic()))
             continue
         task = ready[0]
         blocked = _blocked_by(task, done)
@@ -349,6 +350,8 @@ def _run_parallel(
     by_key = {t.key: t for t in tasks}
     with ProcessPoolExecutor(max_workers=len(slots), mp_context=spawn) as pool:
         while pending or futures:
+            if not futures and not any(_ready(t, done) and wake.get(t.key, 0.0) <= time.monotonic() for t in pending):
+                time.sleep(0.2)  # only BUSY tasks left, all looked at a moment ago
             for task in list(pending):
                 if not _ready(task, done) or wake.get(task.key, 0.0) > time.monotonic():
                     continue
@@ -379,8 +382,6 @@ def _run_parallel(
                     continue
                 done[task.key] = outcome
                 reporter.task_finished(outcome)
-            if pending and not futures and not any(_ready(t, done) for t in pending):
-                time.sleep(0.2)
 
 
 def _worker(task: Task, ctx: TaskContext, device: str | None, events: Any) -> TaskOutcome:
@@ -444,8 +445,8 @@ def _execute_task(
         pretrain_run = tracker.find_run(ctx.study, None, task.seed, "pretrain", task.depends_on, status="FINISHED")
     claim = tracker.claim_run(
         ctx.study, task.label, task.seed, stage_tag, last.hash, ctx.parent_run_id, flatten(last.config),
-        {**({"harness.device": device} if device else {}), **(tags or {})},
-        pretrain_run_id=pretrain_run, retry_failed=ctx.retry_failed,
+        {**({names.TAG_DEVICE: device} if device else {}), **(tags or {})},
+        pretrain_run_id=pretrain_run, retry_failed=ctx.retry_failed, any_arm=task.kind == "pretrain",
     )  # fmt: skip
     if claim.kind == "finished":  # done, in this workdir or another: its outputs are in the store
         return TaskOutcome(task, "FINISHED", claim.run_id, tracker.final_metrics(claim.run_id), cached=True)

@@ -203,6 +203,11 @@ class Heartbeat:
         with self._lock:
             self._runs.pop(run_id, None)
 
+    def owned(self) -> list[str]:
+        """The runs being kept alive."""
+        with self._lock:
+            return list(self._runs)
+
     def lost(self, run_id: str) -> bool:
         """Whether another process took ``run_id`` over (our heartbeat lapsed, say in a network
         partition longer than the lease)."""

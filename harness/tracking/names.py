@@ -12,6 +12,7 @@ __all__ = [
     "TRIAL_STATES", "TAG_OBJECTIVE", "TAG_DIRECTION", "TAG_SAMPLER", "TAG_PRUNER", "TAG_STORAGE",
     "TAG_BEST_PARAMS", "TAG_BEST_TRIAL", "BEST_VALUE", "ARTIFACT_SWEEP", "trial_label",
     "TAG_OWNER", "TAG_HEARTBEAT", "TAG_HOLDERS", "TAG_CHECKPOINT", "ARTIFACT_STAGE",
+    "TAG_VERSION", "TAG_CUDA", "TAG_DEVICE",
 ]
 
 TAG_STUDY = "harness.study"
@@ -23,6 +24,10 @@ TAG_PRETRAIN_RUN_ID = "harness.pretrain_run_id"
 TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
 TAG_PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's own nesting tag
+# Provenance beyond git: package versions, the CUDA build, the device that ran the stage.
+TAG_VERSION = "harness.version.{}"  # .format(package): python, torch, timm, transformers, mlflow
+TAG_CUDA = "harness.cuda"
+TAG_DEVICE = "harness.device"  # the GPU's name or the CPU; a worker's --devices entry overrides it
 STAGE_STUDY = "study"  # harness.stage of the study's parent run
 STAGE_PRETRAIN = "pretrain"  # harness.stage of a shared pre-training run
 # On the parent run, so that `harness report` needs nothing but the store:

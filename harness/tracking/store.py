@@ -52,6 +52,7 @@ from mlflow.utils.validation import (
 )
 
 from core.errors import UserError
+from harness._locks import flock
 from harness.tracking import lease, names
 
 __all__ = [
@@ -61,10 +62,6 @@ __all__ = [
 RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "timm", "transformers", "mlflow")
-# Provenance tags beyond names.py's git ones.
-TAG_VERSION = "harness.version.{}"  # one per package in PACKAGES, and python
-TAG_CUDA = "harness.cuda"
-TAG_DEVICE = "harness.device"
 TRUNCATED = "...[truncated]"
 PROBE_TIMEOUT_S = 5  # seconds a tracking server or database has to answer before any work starts
 SQL_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow retries these for ~100 s: ping them first
@@ -87,7 +84,8 @@ def init_store(uri: str) -> None:
 
     MLflow creates and migrates a SQL store's tables the first time a client touches it. Several
     processes doing that at once on a fresh SQLite file race and crash ("table already exists",
-    "database is locked"), so the parent process does it first, alone. Idempotent.
+    "duplicate column name"), so the parent process does it first, alone, holding a lock file
+    beside the database (two studies started at once take turns). Idempotent.
 
     Args:
         uri: the tracking URI (any scheme).
@@ -103,8 +101,12 @@ def init_store(uri: str) -> None:
         except OSError as err:
             raise UserError(f"tracking store {shown}: cannot create {db.parent} ({err.strerror})") from None
     probe_store(uri)
+    # two `harness run`s started at once on a fresh SQLite file would migrate it together and
+    # crash ("duplicate column name"): the file's lock serialises them
+    lock = flock(db.with_name(db.name + ".init.lock")) if db is not None else contextlib.nullcontext()
     try:
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        with lock:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:  # whatever MLflow or the driver raise: one line, the URI, the cause
         raise UserError(f"tracking store {shown}: {_first_line(err)}") from None
 
@@ -301,6 +303,7 @@ class Tracker:
         *,
         pretrain_run_id: str | None = None,
         retry_failed: bool = False,
+        any_arm: bool = False,
     ) -> Claim:
         """Open the run of one stage of one (arm, seed) for this process, unless the store says
         the work is done, failed, or owned by a live process (:func:`harness.tracking.lease.decide`).
@@ -324,6 +327,8 @@ class Tracker:
             tags: extra tags (they override the standard ones, e.g. the worker's device).
             pretrain_run_id: the pre-training's run, on finetune runs.
             retry_failed: a key whose last attempt FAILED gets a new run (else: ``failed``).
+            any_arm: the key ignores the arm label (a shared stage: its label says how many arms
+                of the current plan share it, not what it computed).
         """
         experiment = self._experiment(study, create=True)
         me = lease.this_process()
@@ -341,7 +346,8 @@ class Tracker:
         }
         values = {key: _param_value(value) for key, value in (params or {}).items()}
         for _ in range(CLAIM_ATTEMPTS):
-            decision = lease.decide(self._runs_of(study, arm, seed, stage, config_hash), time.time(), me, retry_failed)
+            key = (study, None if any_arm else arm, seed, stage, config_hash)
+            decision = lease.decide(self._runs_of(*key), time.time(), me, retry_failed)
             if decision.kind in ("finished", "failed", "busy"):
                 return Claim(decision.kind, decision.run.run_id, decision.owner)
             owned = {names.TAG_OWNER: me.tag(), names.TAG_HEARTBEAT: f"{time.time():.0f}"}
@@ -359,7 +365,7 @@ class Tracker:
             else:
                 run_name = f"{arm} seed={seed} {stage}"
                 run_id = self._client.create_run(experiment, tags=_tag_values({**all_tags, **owned}), run_name=run_name).info.run_id
-                rivals = [r for r in self._runs_of(study, arm, seed, stage, config_hash) if r.run_id != run_id]
+                rivals = [r for r in self._runs_of(*key) if r.run_id != run_id]
                 rival = lease.decide(rivals, time.time(), me, retry_failed=True)
                 if rival.kind in ("finished", "busy"):
                     self._client.delete_run(run_id)
@@ -374,33 +380,30 @@ class Tracker:
             return Claim("owned", run_id, me)
         return Claim("busy", None, None)
 
-    def start_run(
-        self,
-        study: str,
-        arm: str,
-        seed: int,
-        stage: str,
-        config_hash: str,
-        parent_run_id: str,
-        params: Mapping[str, Any] | None = None,
-        tags: Mapping[str, Any] | None = None,
-        *,
-        pretrain_run_id: str | None = None,
-    ) -> str:
-        """:meth:`claim_run` that must succeed: a new run, a retry of a FAILED one, or the resumed
-        run of a dead process; returns its id.
+    def start_run(self, study: str, arm: str, seed: int, stage: str, *args: Any, **kwargs: Any) -> str:
+        """:meth:`claim_run` (same arguments; a FAILED run is always retried) that must succeed:
+        a new run, a retry of a FAILED one, or the resumed run of a dead process; returns its id.
 
         Raises:
             UserError: the key has a FINISHED run, or a live process owns it.
         """
-        claim = self.claim_run(
-            study, arm, seed, stage, config_hash, parent_run_id, params, tags,
-            pretrain_run_id=pretrain_run_id, retry_failed=True,
-        )  # fmt: skip
+        claim = self.claim_run(study, arm, seed, stage, *args, **{**kwargs, "retry_failed": True})
         if claim.kind != "owned":
             by = f" (owned by {claim.owner.describe()})" if claim.owner is not None else ""
             raise UserError(f"the {stage} run of arm '{arm}' seed {seed} in study {study} is {claim.kind}{by}")
         return claim.run_id
+
+    def end_owned_runs(self, status: RunStatus = "KILLED") -> list[str]:
+        """Close every run this process owns in this store (an interrupted process, on its way
+        out); returns their ids.
+
+        Args:
+            status: what to close them as.
+        """
+        owned = self._heartbeat().owned()
+        for run_id in owned:
+            self.end_run(run_id, status)
+        return owned
 
     def lost(self, run_id: str) -> bool:
         """Whether another process took over a run this process owns (its heartbeat lapsed).
@@ -653,9 +656,9 @@ class Tracker:
         tags = {
             names.TAG_GIT_COMMIT: info["git_commit"] or "unknown",
             names.TAG_GIT_DIRTY: "unknown" if dirty is None else str(dirty).lower(),
-            TAG_CUDA: info["cuda"] or "none",
-            TAG_DEVICE: info["device"],
-            **{TAG_VERSION.format(package): version for package, version in info["versions"].items()},
+            names.TAG_CUDA: info["cuda"] or "none",
+            names.TAG_DEVICE: info["device"],
+            **{names.TAG_VERSION.format(package): version for package, version in info["versions"].items()},
         }
         return {"tags": tags, "diff": info["git_diff"] if dirty else ""}
 
