@@ -187,3 +187,29 @@ def test_second_concurrent_run_of_a_study_is_refused(tmp_path):
         result = runner.invoke(app, ["run", str(study), "--workdir", str(work), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
     assert result.exit_code == 1
     assert "already being run" in result.output
+
+
+def test_data_splits_are_cached_per_workdir_not_only_per_data_section(tmp_path):
+    from harness._stages import splits_for
+    from harness.config import resolve
+
+    config = resolve(TINY)
+    first = splits_for(config, tmp_path / "a")
+    assert splits_for(config, tmp_path / "a") is first  # one cache per process and workdir
+    second = splits_for(config, tmp_path / "b")  # another study's workdir: its own files
+    assert second is not first and any((tmp_path / "b" / "data").iterdir())
+
+
+def test_a_dry_run_loads_no_mlflow_and_on_a_cpu_machine_no_torch(tmp_path):
+    study = write_study(tmp_path, "light", vary={"model.decoder.depth": [0, 1]})
+    probe = (
+        "import sys; from harness.cli import app\n"
+        f"try: app(['run', {str(study)!r}, '--dry-run', '--workdir', {str(tmp_path / 'w')!r}])\n"
+        "except SystemExit as end: assert end.code in (0, None), end.code\n"
+        "from core.runtime import GPU_DRIVER_FILES; from pathlib import Path\n"
+        "gpu = any(Path(p).exists() for p in GPU_DRIVER_FILES)\n"
+        "print('LOADED', 'mlflow' in sys.modules, 'torch' in sys.modules and not gpu)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "LOADED False False"
