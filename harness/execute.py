@@ -150,11 +150,14 @@ def plan_study(
     seeds: tuple[int, ...] | None = None,
     setting: str | None = None,
     devices: tuple[str, ...] = (),
+    max_runs: int | None = None,
 ) -> tuple[Study, Plan, list[Task]]:
-    """Load, validate and plan a study (``seeds`` and ``setting`` replacing the file's), check
-    what its arms name outside the config (backbones, weight files, devices, ``devices``), and
-    group its stages into tasks (no side effects)."""
+    """Load, validate and plan a study (``seeds`` and ``setting`` replacing the file's; more
+    than ``max_runs`` (arm, seed) runs refused first), check what its arms name outside the
+    config (backbones, weight files, devices, ``devices``), and group its stages into tasks (no
+    side effects)."""
     study = load_study(path, seeds, setting)
+    check_plan_size(study, max_runs)
     if len({d.split(":")[0] for d in devices}) > 1:
         raise UserError(f"--devices {','.join(devices)} mixes device types: precision 'auto' would differ between workers")
     # the workers' device decides what precision 'auto' means, not the one the config names
@@ -238,8 +241,7 @@ def run_study(
     from harness.tracking import Tracker, init_store, provenance  # mlflow: seconds to import
 
     reporter = reporter or Reporter()
-    study, plan, tasks = plan_study(path, overrides, seeds, setting, devices)
-    check_plan_size(plan, max_runs)
+    study, plan, tasks = plan_study(path, overrides, seeds, setting, devices, max_runs)
     workdir = Path(workdir)
     check_workdir(workdir)
     with study_lock(workdir, study.name):

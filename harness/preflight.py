@@ -16,6 +16,7 @@ from pathlib import Path
 from core.config import Config
 from core.errors import UserError
 from harness.plan import Plan
+from harness.study import Study, expand_arms
 
 __all__ = ["DEFAULT_MAX_RUNS", "check_plan", "check_plan_size", "check_workdir"]
 
@@ -64,16 +65,18 @@ def _names_outside(config: Config) -> str:
     return json.dumps(parts, sort_keys=True)
 
 
-def check_plan_size(plan: Plan, max_runs: int | None) -> None:
-    """Refuse a plan of more than ``max_runs`` (arm, seed) runs (a grid grown by a typo).
+def check_plan_size(study: Study, max_runs: int | None) -> None:
+    """Refuse a study of more than ``max_runs`` (arm, seed) runs (a grid grown by a typo), counted
+    before any arm's config is resolved, so the refusal is instant at any size.
 
     Args:
-        plan: the study's plan.
+        study: the loaded study (``--seeds`` applied).
         max_runs: the limit; None: no limit (``--yes``).
     """
-    if max_runs is not None and len(plan.runs) > max_runs:
+    runs = len(expand_arms(study)) * len(study.seeds)
+    if max_runs is not None and runs > max_runs:
         raise UserError(
-            f"study {plan.study.name} plans {len(plan.runs)} (arm, seed) runs, more than the limit of {max_runs}:"
+            f"study {study.name} plans {runs} (arm, seed) runs, more than the limit of {max_runs}:"
             " look at the plan with --dry-run, then run it with --yes (or raise --max-runs)"
         )
 

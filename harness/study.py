@@ -12,6 +12,7 @@ an old study still loads for a report after a config key has been renamed.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import itertools
 import json
@@ -162,7 +163,7 @@ class Study(_Strict):
         labels = [arm.label for arm in expand_arms(self)]
         for label in labels:
             _check_printable(label)
-        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        repeated = sorted(label for label, n in collections.Counter(labels).items() if n > 1)  # O(n): 10,000 arms
         if repeated:
             raise ValueError(f"arm labels repeat: {repeated}; give each arm its own label")
         _check_label("baseline", self.baseline, labels)
