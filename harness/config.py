@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from core.config import Config
-from core.errors import UserError
+from core.errors import UserError, did_you_mean
 from core.files import read_utf8
 
 __all__ = [
@@ -100,12 +100,7 @@ def setting_path(setting: str | os.PathLike) -> Path:
     if named.is_file():
         return named
     known = sorted(p.stem for p in SETTINGS_DIR.glob("*.yaml"))
-    hint = difflib.get_close_matches(str(setting), known, n=1)
-    raise UserError(
-        f"unknown setting '{setting}'"
-        + (f" (did you mean '{hint[0]}'?)" if hint else "")
-        + f"; known settings: {', '.join(known)}"
-    )
+    raise UserError(f"unknown setting '{setting}'{did_you_mean(str(setting), known)}; known settings: {', '.join(known)}")
 
 
 def flatten(tree: Mapping[str, Any] | BaseModel, prefix: str = "") -> dict[str, Any]:

@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from core.config import Config
-from core.errors import UserError
+from core.errors import UserError, did_you_mean
 from harness.config import DEFAULT_SETTING, flatten, load_yaml, parse_set, resolve, setting_path
 from harness.tracking.names import METRICS
 
@@ -319,12 +319,7 @@ def _check_printable(label: str) -> None:
 
 def _check_label(where: str, label: str, labels: list[str]) -> None:
     if label not in labels:
-        hint = difflib.get_close_matches(label, labels, n=1)
-        raise ValueError(
-            f"{where}: '{label}' is not an arm"
-            + (f" (did you mean '{hint[0]}'?)" if hint else "")
-            + f"; arms: {', '.join(labels)}"
-        )
+        raise ValueError(f"{where}: '{label}' is not an arm{did_you_mean(label, labels)}; arms: {', '.join(labels)}")
 
 
 def explain_errors(err: ValidationError, path: Path, schema: type[BaseModel] = Study, kind: str = "study") -> str:

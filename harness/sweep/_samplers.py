@@ -9,7 +9,6 @@ version, so a run read later says which defaults it ran with (Optuna 5 changed T
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 from collections.abc import Mapping
@@ -19,6 +18,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
+
+from core.errors import did_you_mean
 
 __all__ = ["SAMPLERS", "PRUNERS", "check_args", "make_sampler", "make_pruner", "settings", "grid_space"]
 
@@ -52,19 +53,11 @@ def check_args(kind: str, name: str, args: Mapping[str, Any]) -> None:
     """
     registry = SAMPLERS if kind == "sampler" else PRUNERS
     if name not in registry:
-        hint = difflib.get_close_matches(name, list(registry), n=1)
-        raise ValueError(
-            f"unknown {kind} '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "") + f"; known: {', '.join(registry)}"
-        )
+        raise ValueError(f"unknown {kind} '{name}'{did_you_mean(name, registry)}; known: {', '.join(registry)}")
     valid = [p for p in inspect.signature(registry[name]).parameters if p not in _OWN_ARGS]
     for arg in args:
         if arg not in valid:
-            hint = difflib.get_close_matches(arg, valid, n=1)
-            raise ValueError(
-                f"{kind} '{name}' takes no argument '{arg}'"
-                + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                + f"; it takes: {', '.join(valid) or 'none'}"
-            )
+            raise ValueError(f"{kind} '{name}' takes no argument '{arg}'{did_you_mean(arg, valid)}; it takes: {', '.join(valid) or 'none'}")
 
 
 def grid_space(distributions: Mapping[str, BaseDistribution]) -> dict[str, list[Any]]:

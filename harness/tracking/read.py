@@ -15,7 +15,6 @@ value, as the writer promises.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import os
 import tempfile
@@ -32,7 +31,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
-from core.errors import UserError
+from core.errors import UserError, did_you_mean
 from harness.tracking import names
 from harness.tracking.store import sqlite_path
 
@@ -201,11 +200,8 @@ def _parents(client: MlflowClient, uri: str, studies: Sequence[str] | None) -> l
         return sorted(found.items())
     for name in studies:
         if name not in found:
-            hint = difflib.get_close_matches(name, list(found), n=1)
             raise UserError(
-                f"no study '{name}' in the tracking store {uri}"
-                + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                + f"; studies there: {', '.join(sorted(found))}"
+                f"no study '{name}' in the tracking store {uri}{did_you_mean(name, found)}; studies there: {', '.join(sorted(found))}"
             )
     return [(name, found[name]) for name in dict.fromkeys(studies)]
 
@@ -337,10 +333,8 @@ def stored_sweep(uri: str, name: str) -> StoredSweep:
     client = _client(uri)
     found = _all_parents(client, names.STAGE_SWEEP)
     if name not in found:
-        hint = difflib.get_close_matches(name, list(found), n=1)
         raise UserError(
-            f"no sweep '{name}' in the tracking store {uri}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-            + f"; sweeps there: {', '.join(sorted(found)) or 'none'}"
+            f"no sweep '{name}' in the tracking store {uri}{did_you_mean(name, found)}; sweeps there: {', '.join(sorted(found)) or 'none'}"
         )
     parent = found[name]
     tags = parent.data.tags
