@@ -14,7 +14,7 @@ import torch
 
 from core.config import Config
 from core.data import Split, eval_images
-from core.metrics import kfold_ranks, kfold_recall, metrics_from_ranks, retrieval_ranks
+from core.metrics import kfold, metrics_from_ranks, retrieval_ranks
 from core.model import D2SVSE
 
 __all__ = ["EvalResult", "embed_split", "evaluate"]
@@ -59,6 +59,6 @@ def evaluate(model: D2SVSE, split: Split, config: Config, device: torch.device |
     i2t, t2i = retrieval_ranks(sims, txt2img)
     folds = fold_ranks = None
     if config.eval.fold_size is not None and config.eval.fold_size < len(split.images):
-        folds = kfold_recall(sims, txt2img, config.eval.fold_size)
-        fold_ranks = tuple(r.cpu().numpy() for r in kfold_ranks(sims, txt2img, config.eval.fold_size))
+        folds, *ranks = kfold(sims, txt2img, config.eval.fold_size)
+        fold_ranks = tuple(r.cpu().numpy() for r in ranks)
     return EvalResult(metrics_from_ranks(i2t, t2i), folds, i2t.cpu().numpy(), t2i.cpu().numpy(), fold_ranks)

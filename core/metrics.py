@@ -16,7 +16,7 @@ import torch
 from core.errors import UserError
 from core.metric_keys import DIRECTIONS, KS, RSUM, rank_key, recall_key
 
-__all__ = ["retrieval_ranks", "metrics_from_ranks", "retrieval_recall", "kfold_recall", "kfold_ranks"]
+__all__ = ["retrieval_ranks", "metrics_from_ranks", "retrieval_recall", "kfold_recall", "kfold"]
 
 # Scores compared per chunk: a chunk's boolean mask is this many bytes (1 MiB). On 5K x 25K, CPU,
 # chunks of 2**18 to 2**24 scores were tried; from 2**22 up they were slower.
@@ -134,29 +134,32 @@ def kfold_recall(
         fold_size: images per fold.
         ks: the recall cut-offs.
     """
-    per_fold = [metrics_from_ranks(i2t, t2i, ks) for _, i2t, t2i in _fold_ranks(sims, txt2img, fold_size)]
-    return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}
+    return kfold(sims, txt2img, fold_size, ks)[0]
 
 
-def kfold_ranks(
-    sims: torch.Tensor, txt2img: torch.Tensor | np.ndarray | Sequence[int], fold_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """0-based ranks of every query within its own fold (see :func:`kfold_recall`), in the
-    queries' original order: ``(n_images,)`` and ``(n_texts,)``. With folds of equal numbers of
-    texts, a metric's mean over folds is its value on these pooled ranks, so a per-query
-    bootstrap over them is a bootstrap of the fold protocol.
+def kfold(
+    sims: torch.Tensor, txt2img: torch.Tensor | np.ndarray | Sequence[int], fold_size: int, ks: Sequence[int] = KS
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """The fold protocol in one pass: the metrics averaged over folds (:func:`kfold_recall`), and
+    the 0-based rank of every query within its own fold, in the queries' original order
+    (``(n_images,)``, ``(n_texts,)``). With folds of equal numbers of texts, the mean over folds of
+    a recall or of rSum is its value on these pooled ranks, so a per-query bootstrap over them is
+    a bootstrap of the fold protocol.
 
     Args:
         sims: ``(n_images, n_texts)`` similarities; ``n_images`` a multiple of ``fold_size``.
         txt2img: ``(n_texts,)`` image index of each text.
         fold_size: images per fold.
+        ks: the recall cut-offs.
     """
     sims, txt2img = _check_matrix(sims, txt2img)
     i2t = torch.empty(sims.shape[0], dtype=torch.long, device=sims.device)
     t2i = torch.empty(sims.shape[1], dtype=torch.long, device=sims.device)
+    per_fold = []
     for ((lo, hi), texts), fold_i2t, fold_t2i in _fold_ranks(sims, txt2img, fold_size):
         i2t[lo:hi], t2i[texts] = fold_i2t, fold_t2i
-    return i2t, t2i
+        per_fold.append(metrics_from_ranks(fold_i2t, fold_t2i, ks))
+    return {key: float(np.mean([m[key] for m in per_fold])) for key in per_fold[0]}, i2t, t2i
 
 
 def _fold_ranks(

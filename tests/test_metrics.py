@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.errors import UserError
-from core.metrics import kfold_ranks, kfold_recall, metrics_from_ranks, retrieval_ranks, retrieval_recall
+from core.metrics import kfold, kfold_recall, metrics_from_ranks, retrieval_ranks, retrieval_recall
 from harness.bench.reference import reference_kfold_recall, reference_ranks, reference_recall
 
 
@@ -155,12 +155,13 @@ def test_kfold_recall_matches_per_query_loop():
 
 
 def test_kfold_ranks_are_each_querys_rank_within_its_fold_and_pool_to_the_fold_mean():
-    i2t, t2i = kfold_ranks(torch.tensor(FOLD_SIMS), FOLD_TXT2IMG, fold_size=2)
+    _, i2t, t2i = kfold(torch.tensor(FOLD_SIMS), FOLD_TXT2IMG, fold_size=2)
     assert (i2t.tolist(), t2i.tolist()) == ([0, 1, 1, 1], [0, 0, 0, 0, 1])  # the hand-computed folds above
     txt2img = _five_per_image(30)  # equal texts per fold: pooled ranks give the fold means
     sims = _random_sims(txt2img, seed=4)
-    pooled = metrics_from_ranks(*kfold_ranks(sims, txt2img, fold_size=10))
-    means = kfold_recall(sims, txt2img, fold_size=10)
+    means, *ranks = kfold(sims, txt2img, fold_size=10)
+    pooled = metrics_from_ranks(*ranks)
+    assert means == kfold_recall(sims, txt2img, fold_size=10)
     for key in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "i2t_meanr", "t2i_meanr"):
         assert pooled[key] == pytest.approx(means[key]), key  # medians do not pool; means and recalls do
 
