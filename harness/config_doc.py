@@ -9,6 +9,7 @@ reference cannot drift from the code.
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import io
 import tokenize
@@ -34,6 +35,7 @@ class ConfigKey:
     description: str
 
 
+@functools.cache  # parsed once per process: the CLI's help text reads it at import
 def _comments() -> dict[tuple[str, str], str]:
     """``(class name, field name) -> comment`` for every annotated field of core/config.py: the
     trailing comment of its line, else the comment lines right above it."""
