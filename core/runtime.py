@@ -9,6 +9,7 @@ a GPU, fp32 on a CPU. torch is imported only where a function needs it: the plan
 from __future__ import annotations
 
 import functools
+import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -28,6 +29,7 @@ __all__ = [
     "autocast_dtype",
     "seed_everything",
     "world",
+    "usable_cores",
 ]
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -128,3 +130,9 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container's or a SLURM job's
+    share, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.runtime import usable_cores
 from harness.bench.measure import ISSUE, Figure, check, figures_json
 from harness.plan import make_plan
 from harness.study import load_study
@@ -65,7 +66,7 @@ def bench_end_to_end(study: str | Path = MAIN_JOB, args: Sequence[str] = ()) -> 
         if code:
             tail = "\n".join(log.read_text().splitlines()[-20:])
             raise RuntimeError(f"bench_end_to_end: `{' '.join(command)}` exited with {code}:\n{tail}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     figures = {"wall time": Figure((wall,), "s"), "peak resident memory": Figure((peak_mib,), "MiB")}
     kinds = [stage.kind for stage in plan.stages.values()]
     on_cores = "" if cores == TARGET_CORES else f"measured on {cores} cores; the target is for {TARGET_CORES}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from core.runtime import usable_cores
 from harness.bench._proc import proc_field, proc_kib
 from harness.tracking import provenance
 
@@ -35,7 +36,7 @@ def machine_info(cpuinfo: Path = Path("/proc/cpuinfo"), meminfo: Path = Path("/p
     return {
         "cpu": proc_field(cpuinfo, "model name") or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": _memory_gib(meminfo),
         "gpu": ", ".join(gpus) if gpus else NO_GPU,

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.errors import UserError
+from core.runtime import usable_cores
 from harness.config import config_to_yaml, parse_set, resolve
 from harness.execute import TaskContext
 from harness.sweep import _samplers
@@ -204,7 +205,7 @@ def _run_workers(job: SweepJob, workers: int) -> None:
     if workers <= 1:
         work(job)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     spawn = mp.get_context("spawn")
     processes = [spawn.Process(target=work_in_child, args=(job, threads), name=f"sweep-worker-{i}") for i in range(workers)]
     for process in processes:
