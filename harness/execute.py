@@ -369,8 +369,8 @@ def _run_parallel(
                     pending.remove(task)
                     starting.append(task)
             # the cores are shared by the tasks running at once: a lone pre-training gets them all,
-            # each of two fine-tunings half (two 1-thread processes on 2 cores train 1.6x faster
-            # than one 2-thread process, docs/benchmarks; more threads than cores: 10x slower)
+            # each of two fine-tunings half (on 2 cores two 1-thread processes train 1.6x faster
+            # than one 2-thread process, README; more threads than cores: up to 10x slower)
             threads = max(1, cores // max(1, len(futures) + len(starting)))
             for task in starting:
                 slot = free.pop(0)

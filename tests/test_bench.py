@@ -15,7 +15,7 @@ import yaml
 
 from core.errors import UserError
 from harness.bench import suite
-from harness.bench.endtoend import bench_end_to_end, run_timed
+from harness.bench.endtoend import MAIN_JOB, MAIN_JOB_ARGS, bench_end_to_end, run_timed
 from harness.bench.machine import NO_GPU, machine_info
 from harness.bench.measure import Figure, check, ratio_check, timed
 from harness.bench.overhead import bench_overhead
@@ -259,3 +259,9 @@ def test_overhead_benchmark_accounts_for_the_whole_wall_time():
     assert 0 < compute < wall and overhead == pytest.approx(wall - compute)
     assert 0 < checkpoint < overhead
     assert _check(result, "harness overhead / study wall time")["value"] == pytest.approx(overhead / wall)
+
+
+def test_the_end_to_end_benchmark_times_the_readmes_main_job_command():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = " ".join(["harness run", f"studies/{MAIN_JOB.name}", *MAIN_JOB_ARGS])
+    assert f"pip install -e . && {command}\n" in readme

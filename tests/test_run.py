@@ -55,10 +55,10 @@ def by_stage(runs: list, stage: str) -> list:
 
 
 @pytest.mark.slow
-def test_two_arms_two_seeds_share_pretraining_and_rerun_runs_nothing(tmp_path):
+def test_two_arms_two_seeds_on_two_workers_share_pretraining_and_rerun_runs_nothing(tmp_path):
     study = write_study(tmp_path, "two-by-two", vary={"model.decoder.depth": [0, 1]}, seeds=[0, 1])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    args = ["run", str(study), "--workdir", str(tmp_path / "work"), "--tracking-uri", uri, "--quiet"]
+    args = ["run", str(study), "--workdir", str(tmp_path / "work"), "--tracking-uri", uri, "--quiet", "--workers", "2"]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
 

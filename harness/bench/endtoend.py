@@ -1,8 +1,9 @@
-"""Benchmark of the README's main job end to end: ``harness run studies/decoder_depth.yaml``.
+"""Benchmark of the README's main job end to end: ``harness run studies/decoder_depth.yaml --workers 2``.
 
 The command runs as a user runs it, in a child process with a fresh, empty workdir (so the
 SynthScenes cache is generated and the tracking store created inside the timed run), and its wall
-time and peak resident memory are measured. The target (10 minutes) is for a 2-core machine.
+time and peak resident memory (of its largest process: the scheduler or one worker) are measured.
+The target (10 minutes) is for a 2-core machine.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from harness.bench.measure import ISSUE, Figure, check, figures_json
 from harness.plan import make_plan
 from harness.study import load_study
 
-__all__ = ["bench_end_to_end", "run_timed", "MAIN_JOB"]
+__all__ = ["bench_end_to_end", "run_timed", "MAIN_JOB", "MAIN_JOB_ARGS"]
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MAIN_JOB = _PROJECT_ROOT / "studies" / "decoder_depth.yaml"
+# two workers sharing the 2 cores: the 4 fine-tunings two at a time (a test keeps the README's
+# command the same)
+MAIN_JOB_ARGS = ("--workers", "2")
 TARGET_S = 600.0  # <= 10 minutes on 2 cores (issue 14)
 TARGET_CORES = 2
 
@@ -48,7 +52,7 @@ def run_timed(command: Sequence[str], log: Path, env: dict[str, str] | None = No
     return wall, usage.ru_maxrss / 1024, child.returncode  # ru_maxrss: KiB on Linux
 
 
-def bench_end_to_end(study: str | Path = MAIN_JOB, args: Sequence[str] = ()) -> dict[str, Any]:
+def bench_end_to_end(study: str | Path = MAIN_JOB, args: Sequence[str] = MAIN_JOB_ARGS) -> dict[str, Any]:
     """Time ``harness run STUDY`` in a fresh workdir.
 
     Args:
@@ -74,7 +78,8 @@ def bench_end_to_end(study: str | Path = MAIN_JOB, args: Sequence[str] = ()) -> 
         "figures": figures_json(figures),
         "checks": [check(f"wall time on {cores} cores", wall, "<=", TARGET_S, "s", ISSUE, note=on_cores)],
         "notes": [
-            f"`harness run {study.relative_to(_PROJECT_ROOT) if study.is_relative_to(_PROJECT_ROOT) else study}`"
+            f"`harness run {study.relative_to(_PROJECT_ROOT) if study.is_relative_to(_PROJECT_ROOT) else study}"
+            f"{''.join(' ' + a for a in args)}`"
             " in a child process with a fresh workdir: data generation, store creation, every stage and the"
             " tracking are inside the time. One run (minutes long): one repeat.",
         ],
