@@ -214,13 +214,32 @@ def test_a_failed_task_fails_its_trial_with_the_reason_and_traceback_and_a_stopp
     for outcome, state in ((failed, TrialState.FAIL), (TaskOutcome(None, "STOPPED", "r2", error="pruned after epoch 1"), TrialState.PRUNED)):
         trial = study.ask()
         trial.report(1.0, 0)
-        result = _trial._result(outcome, None, Path("."), "unused", "rsum")
+        result = _trial._result(outcome, None, None, "unused", "rsum", "rsum")
         assert result.state == state and result.run_id == outcome.run_id
         _trial.tell(study, trial, result)
     fail, pruned = study.get_trials()
     assert fail.state == TrialState.FAIL and fail.user_attrs["fail_reason"].startswith("NonFiniteLoss")
     assert fail.user_attrs["traceback"].endswith("NonFiniteLoss: loss") and fail.user_attrs["mlflow_run_id"] == "r1"
     assert pruned.state == TrialState.PRUNED and pruned.user_attrs["pruned_reason"] == "pruned after epoch 1"
+
+
+def test_a_trial_whose_stage_finished_in_another_workdir_is_scored_from_its_tracking_run(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("elsewhere")).info.run_id
+    epochs = [{"rsum": 150.0, "r1": 30.0}, {"rsum": 170.0, "r1": 28.0}, {"rsum": 170.0, "r1": 35.0}, {"rsum": 160.0, "r1": 40.0}]
+    for step, values in enumerate(epochs):
+        for key, value in values.items():
+            client.log_metric(run_id, f"val/{key}", value, step=step)
+    client.log_metric(run_id, "test/rsum", 999.0, step=0)  # the test split never scores a trial
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    reporter = _trial._Reporter(trial, "val/r1")
+    ctx = TaskContext(str(tmp_path / "empty-workdir"), uri, "s", "parent", False, {})  # no stage record here
+    # the checkpoint is chosen by val/rsum (the first of equal bests, epoch 1); the objective is its val/r1
+    result = _trial._result(TaskOutcome(None, "FINISHED", run_id), reporter, ctx, "digest", "rsum", "r1")
+    assert result.state == TrialState.COMPLETE and result.value == 28.0 and result.run_id == run_id
+    assert reporter.reported == {0, 1, 2, 3}  # every epoch reported to the pruner's record
 
 
 # ------------------------------------------------------------------------------- executor
@@ -424,6 +443,10 @@ def test_sweep_benchmark_compares_epochs_wall_time_and_best_value_of_both_pruner
     assert result["median_finetune_epochs"] <= 2 * 2
     assert result["epochs_share"] == pytest.approx(result["median_finetune_epochs"] / result["none_finetune_epochs"])
     assert result["best_gap"] == pytest.approx(result["none_best_value"] - result["median_best_value"])
+    epochs, gap = result["checks"]  # the targets the benchmark report shows
+    assert epochs["value"] == result["epochs_share"] and epochs["target"] == 0.6 and epochs["op"] == "<="
+    assert epochs["met"] == (result["epochs_share"] <= 0.6)
+    assert gap["value"] == result["best_gap"] and gap["target"] == pytest.approx(result["unpruned_value_sd"])
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import TrialState
 
 from core.errors import UserError
+from harness._local import RECORD
 from harness.execute import SHARED_LABEL, Task, TaskContext, TaskOutcome, TaskStopped, execute_task, plan_tasks
 from harness.plan import Plan, make_plan, stage_dir
 from harness.study import ArmSpec, Study
@@ -100,7 +101,8 @@ def run_trial(spec: SweepSpec, trial: optuna.Trial, ctx: TaskContext, overrides:
         outcome = execute_task(task, ctx, None, on_event, tags=tags if task.kind == "arm" else None)
         if outcome.status != "FINISHED":
             break
-    result = _result(outcome, reporter, Path(ctx.workdir), objective_stage, spec.objective.key)
+    select_metric = plan.stages[objective_stage].config.eval.select_metric
+    result = _result(outcome, reporter, ctx, objective_stage, select_metric, spec.objective.key)
     if result.run_id is not None:
         _tag_run(ctx, result, trial.number)
     return result
@@ -111,21 +113,44 @@ def _tasks(plan: Plan) -> list[Task]:
     return [replace(task, label=SHARED_LABEL) if task.kind == "pretrain" else task for task in plan_tasks(plan)]
 
 
-def _result(outcome: TaskOutcome, reporter: _Reporter, workdir: Path, objective_stage: str, metric: str) -> TrialResult:
+def _result(
+    outcome: TaskOutcome, reporter: _Reporter, ctx: TaskContext, objective_stage: str, select_metric: str, metric: str
+) -> TrialResult:
     if outcome.status == "STOPPED":
         return TrialResult(TrialState.PRUNED, reason=outcome.error, run_id=outcome.run_id)
     if outcome.status != "FINISHED":
         trace = (outcome.traceback or "")[-_TRACEBACK_CHARS:] or None
         return TrialResult(TrialState.FAIL, reason=outcome.error, traceback=trace, run_id=outcome.run_id)
-    record = json.loads((stage_dir(workdir, objective_stage) / "record.json").read_text())
+    history, best = _stage_outcome(ctx, outcome.run_id, objective_stage, select_metric)
     # Epochs no event reported (a cached stage, or epochs before a resume): reported, not pruned on.
-    for epoch, values in enumerate(record.get("history", [])):
+    for epoch, values in enumerate(history):
         if reporter.metric in values:
             reporter.report(epoch, values[reporter.metric], prune=False)
-    value = record["best"].get(metric)
+    value = best.get(metric)
     if value is None:
         return TrialResult(TrialState.FAIL, reason=f"the stage recorded no val/{metric}", run_id=outcome.run_id)
     return TrialResult(TrialState.COMPLETE, float(value), run_id=outcome.run_id)
+
+
+def _stage_outcome(
+    ctx: TaskContext, run_id: str | None, digest: str, select_metric: str
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """The objective stage's per-epoch history and its best validation metrics (unprefixed): from
+    the stage's record here, or, when it finished in another workdir sharing the store, from its
+    tracking run (the selected epoch: the first best ``val/<select_metric>``, as the trainer picks)."""
+    record = stage_dir(Path(ctx.workdir), digest) / RECORD
+    if record.is_file():
+        stage = json.loads(record.read_text())
+        return stage.get("history", []), stage["best"]
+    if run_id is None:
+        return [], {}
+    history = Tracker(ctx.tracking_uri).epoch_metrics(run_id, "val/")
+    key = names.val_metric(select_metric)
+    scored = [epoch for epoch in history if key in epoch]
+    if not scored:
+        return history, {}
+    best = max(scored, key=lambda epoch: epoch[key])  # max keeps the first of equal scores
+    return history, {name.removeprefix("val/"): value for name, value in best.items()}
 
 
 class _Reporter:

@@ -541,6 +541,21 @@ class Tracker:
         """
         return dict(self._client.get_run(run_id).data.metrics)
 
+    def epoch_metrics(self, run_id: str, prefix: str) -> list[dict[str, float]]:
+        """The run's per-epoch metrics whose names start with ``prefix`` (``"val/"``): one
+        ``{name: value}`` per logged step, in step order (what a stage's record holds as history).
+
+        Args:
+            run_id: the run.
+            prefix: the names' common start.
+        """
+        by_step: dict[int, dict[str, float]] = {}
+        for key in self._client.get_run(run_id).data.metrics:
+            if key.startswith(prefix):
+                for metric in self._client.get_metric_history(run_id, key):
+                    by_step.setdefault(metric.step, {})[key] = metric.value
+        return [by_step[step] for step in sorted(by_step)]
+
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         """The steps at which ``key`` was logged (what a resumed run still lacks).
 
