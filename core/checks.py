@@ -19,6 +19,7 @@ from pathlib import Path
 
 from core.config import Config, StageConfig
 from core.errors import UserError
+from core.stages import TRAINING_STAGES
 from core.files import atomic_write_text
 
 __all__ = [
@@ -60,7 +61,7 @@ def check_config(config: Config) -> None:
     if image.pretrained is not None:
         image_weights_file(image.pretrained, "model.image.pretrained")
     check_text_backbone(config.model.text.backbone, "model.text.backbone")
-    for name in ("pretrain", "finetune"):
+    for name in TRAINING_STAGES:
         stage: StageConfig = getattr(config, name)
         structure = stage.structure
         if not (stage.enabled and structure.enabled):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.metric_keys import SELECTABLE
+from core.metric_keys import RSUM, SELECTABLE
 
 __all__ = [
     "Section",
@@ -256,7 +256,7 @@ class FinetuneConfig(StageConfig):
 
 class EvalConfig(Section):
     batch_size: int = Field(256, ge=1)  # images or captions embedded at once
-    select_metric: SelectMetric = "rsum"  # validation metric that picks the checkpoint
+    select_metric: SelectMetric = RSUM  # validation metric that picks the checkpoint
     every_epochs: int = Field(1, ge=1)  # validate every this many epochs (and at the last)
     fold_size: int | None = None  # images per fold for k-fold test (COCO 1K: 1000)
     # whole: test/<metric> over the whole test split (COCO 5K; the fold means go to test1k/);

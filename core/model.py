@@ -9,7 +9,6 @@ embedding, in training and evaluation alike.
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from core.config import (
     TextEncoderConfig,
 )
 from core.checks import TEXT_BACKBONE_ALIASES, check_image_backbone, image_weights_file, text_backbone_source
-from core.errors import UserError
+from core.errors import UserError, did_you_mean
 
 __all__ = [
     "D2SVSE",
@@ -292,16 +291,17 @@ def create_text_backbone(cfg: TextEncoderConfig, option: str = "model.text.backb
         option: the config key of the name, for error messages.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per model load: noise in every stage's log
     source = text_backbone_source(cfg.backbone)
     hf_config = _offline(AutoConfig.from_pretrained, source, cfg.backbone, option)
     known = hf_config.to_dict()
     for key, value in cfg.config_overrides.items():
         if key not in known:
-            hint = difflib.get_close_matches(key, list(known), n=1)
             raise UserError(
                 f"model.text.config_overrides: '{key}' is not a field of {type(hf_config).__name__}"
-                + (f"; did you mean '{hint[0]}'?" if hint else "")
+                + did_you_mean(key, known)
             )
         setattr(hf_config, key, value)
     if cfg.pretrained:

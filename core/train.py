@@ -43,46 +43,46 @@ from core.evaluate import evaluate
 from core.losses import build_losses
 from core.model import D2SVSE, build_model
 from core.runtime import autocast_dtype, resolve_device, seed_everything, world
+from core.stages import BEST_CHECKPOINT, LAST_CHECKPOINT, STAGES, TrainingStage
 from core.teachers import build_teachers
 
 __all__ = [
-    "Stage",
     "Event",
     "StageResult",
     "NonFiniteLoss",
     "train_stage",
     "lr_factor",
     "load_model",
-    "LAST",
-    "BEST",
 ]
 
-Stage = Literal["pretrain", "finetune"]
-LAST, BEST = "last.safetensors", "best.safetensors"
 DAMAGED = ".damaged"  # suffix of a damaged checkpoint's files, kept for inspection
 log = logging.getLogger(__name__)
+
+# One epoch, in bare names (the harness names them for its store): ``{"train": {"loss", <loss
+# term>..., "pairs_per_s"}, "lr": float, "val": {<metric>...}}`` (``val`` on validated epochs)
+EpochRecord = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Event:
-    """What the trainer reports: ``kind="step"`` every ``runtime.log_every_steps`` steps,
-    ``kind="epoch"`` after each epoch (train/<term>, lr, train/pairs_per_s, val/<metric>)."""
+    """What the trainer reports: ``kind="step"`` every ``runtime.log_every_steps`` steps (the
+    step's ``{"train": {"loss"}}``), ``kind="epoch"`` after each epoch (its :data:`EpochRecord`)."""
 
     kind: Literal["step", "epoch"]
-    stage: Stage
+    stage: TrainingStage
     epoch: int
     step: int
     steps_per_epoch: int
-    metrics: dict[str, float]
+    metrics: EpochRecord
 
 
 @dataclass
 class StageResult:
-    stage: Stage
+    stage: TrainingStage
     out_dir: Path
     best_epoch: int
     best_metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
+    history: list[EpochRecord] = field(default_factory=list)  # one record per epoch
     checkpoint_seconds: float = 0.0  # time spent writing checkpoints (harness overhead benchmark)
 
 
@@ -145,10 +145,11 @@ def _to_device(tokens: dict[str, torch.Tensor], device: torch.device) -> dict[st
     return {k: v.to(device, non_blocking=True) for k, v in tokens.items()}
 
 
-def _stage_model(config: Config, stage: Stage) -> ModelConfig:
-    """Pre-training has no decoder (dense text is embedded without it), so its weights, its
-    validation and its checkpoint never depend on the decoder settings it shares across arms."""
-    if stage == "finetune":
+def _stage_model(config: Config, stage: TrainingStage) -> ModelConfig:
+    """The stage's model: without the decoder where its description says so (pre-training embeds
+    dense text without it, so its weights, validation and checkpoint never depend on the decoder
+    settings it shares across arms)."""
+    if STAGES[stage].decoder:
         return config.model
     return config.model.model_copy(update={"decoder": config.model.decoder.model_copy(update={"depth": 0})})
 
@@ -164,7 +165,7 @@ def load_model(config: Config, checkpoint: Path, device: torch.device | str = "c
 # --------------------------------------------------------------------------------------- train
 def train_stage(
     config: Config,
-    stage: Stage,
+    stage: TrainingStage,
     out_dir: Path,
     init_from: Path | None = None,
     callback: Callable[[Event], None] | None = None,
@@ -204,20 +205,19 @@ def train_stage(
     if init_from is not None:  # a pre-trained checkpoint has no decoder: it starts fresh here
         load_weights(model, load_checkpoint(Path(init_from))[0], "model.", optional=("decoder.",))
     losses = build_losses(section).to(device)
-    use_decoder = stage == "finetune"
+    spec = STAGES[stage]
     # frozen teachers: the model as the stage received it (after pre-training: the dense text
     # encoder), and the unimodal backbones structure-aware distillation names
     teachers = build_teachers(model, section)
 
-    text_field = "dense" if stage == "pretrain" else "sparse"
-    dataset = PairDataset(splits["train"], config.data, text=text_field, train=True, seed=config.runtime.seed)
+    dataset = PairDataset(splits["train"], config.data, text=spec.captions, train=True, seed=config.runtime.seed)
     if "distill" in losses and splits["train"].dense is None:
         raise UserError(
             f"{stage}: distillation needs dense captions for the train split; set data.dense_captions"
         )
     text_cfg = config.model.text
     # pre-training's captions are the dense ones: they get the dense length
-    caption_length = text_cfg.dense_max_length if text_field == "dense" else text_cfg.max_length
+    caption_length = text_cfg.dense_max_length if spec.captions == "dense" else text_cfg.max_length
     collate = Collator(model.tokenizer, caption_length, config.data.text_augment, text_cfg.dense_max_length)
     groups = model.param_groups(section.optim) + [
         {"params": [p for p in losses.parameters() if p.requires_grad], "lr_mult": 1.0, "weight_decay": 0.0}
@@ -271,7 +271,7 @@ def train_stage(
             progress = epoch + step / steps_per_epoch
             # forward: named embeddings from the student, and from the frozen teachers when needed
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                emb = ddp_model(images, texts, decoder=use_decoder)
+                emb = ddp_model(images, texts, decoder=spec.decoder)
                 taught = teachers(batch, images) if teachers is not None else {}
             image, text = emb["image"].float(), emb["text"].float()
             # loss terms: each enabled loss reads its named inputs and returns named terms
@@ -292,21 +292,21 @@ def train_stage(
                 sums[name] = sums.get(name, 0.0) + value.detach()
             if (step + 1) % config.runtime.log_every_steps == 0:
                 _check_finite(sums, stage, epoch, step)
-                emit(Event("step", stage, epoch, step + 1, steps_per_epoch, {"train/loss": float(loss.detach())}))
+                emit(Event("step", stage, epoch, step + 1, steps_per_epoch, {"train": {"loss": float(loss.detach())}}))
         _check_finite(sums, stage, epoch, steps_per_epoch - 1)
         elapsed = time.perf_counter() - started
-        record = {f"train/{name}": float(total) / steps_per_epoch for name, total in sums.items()}
-        record["lr"] = section.optim.lr * lr_factor(section.optim, epoch, section.epochs)
-        record["train/pairs_per_s"] = pairs / max(elapsed, 1e-9)
+        train = {name: float(total) / steps_per_epoch for name, total in sums.items()}
+        train["pairs_per_s"] = pairs / max(elapsed, 1e-9)
+        record: dict[str, Any] = {"train": train, "lr": section.optim.lr * lr_factor(section.optim, epoch, section.epochs)}
         if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == section.epochs:
             val = evaluate(model, splits["val"], config, device=device)
-            record.update({f"val/{k}": v for k, v in val.metrics.items()})
+            record["val"] = dict(val.metrics)
             score = val.metrics[config.eval.select_metric]
             if score > best_score:
                 best_epoch, best_score, best_metrics = epoch, score, dict(val.metrics)
                 if rank == 0:
                     saving = time.perf_counter()
-                    save_checkpoint(out_dir / BEST, _weights(model, losses), {"stage": stage, "epoch": epoch, "metrics": best_metrics})
+                    save_checkpoint(out_dir / BEST_CHECKPOINT, _weights(model, losses), {"stage": stage, "epoch": epoch, "metrics": best_metrics})
                     checkpoint_seconds += time.perf_counter() - saving
         history.append(record)
         if rank == 0:
@@ -321,28 +321,28 @@ def train_stage(
                 "best_metrics": best_metrics,
                 "optimizer": optim_meta,
             }
-            save_checkpoint(out_dir / LAST, {**_weights(model, losses), **optim_tensors}, meta)
+            save_checkpoint(out_dir / LAST_CHECKPOINT, {**_weights(model, losses), **optim_tensors}, meta)
             checkpoint_seconds += time.perf_counter() - saving
         emit(Event("epoch", stage, epoch, steps_per_epoch, steps_per_epoch, record))
     if best_epoch < 0:  # zero epochs: the initial model is the stage's output
         best_metrics = evaluate(model, splits["val"], config, device=device).metrics
         best_epoch = 0
         if rank == 0:
-            save_checkpoint(out_dir / BEST, _weights(model, losses), {"stage": stage, "epoch": -1, "metrics": best_metrics})
+            save_checkpoint(out_dir / BEST_CHECKPOINT, _weights(model, losses), {"stage": stage, "epoch": -1, "metrics": best_metrics})
     return StageResult(stage, out_dir, best_epoch, best_metrics, history, checkpoint_seconds)
 
 
-def _resume_point(out_dir: Path, stage: Stage) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+def _resume_point(out_dir: Path, stage: TrainingStage) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The ``last`` checkpoint to resume from, or None: none yet, or a damaged one (set aside)."""
-    if not (out_dir / LAST).is_file():
+    if not (out_dir / LAST_CHECKPOINT).is_file():
         return None
     try:
-        tensors, meta = load_checkpoint(out_dir / LAST)
-        problem = checkpoint_problem(out_dir / BEST) if meta["best_epoch"] >= 0 else None
+        tensors, meta = load_checkpoint(out_dir / LAST_CHECKPOINT)
+        problem = checkpoint_problem(out_dir / BEST_CHECKPOINT) if meta["best_epoch"] >= 0 else None
         if problem is not None:
-            raise DamagedCheckpoint(out_dir / BEST, problem)
+            raise DamagedCheckpoint(out_dir / BEST_CHECKPOINT, problem)
     except DamagedCheckpoint as err:
-        for name in (LAST, BEST):
+        for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
             for path in (out_dir / name, (out_dir / name).with_suffix(".json")):
                 if path.exists():
                     os.replace(path, path.with_name(path.name + DAMAGED))
@@ -351,7 +351,7 @@ def _resume_point(out_dir: Path, stage: Stage) -> tuple[dict[str, torch.Tensor],
     return tensors, meta
 
 
-def _check_finite(sums: dict[str, torch.Tensor], stage: Stage, epoch: int, step: int) -> None:
+def _check_finite(sums: dict[str, torch.Tensor], stage: TrainingStage, epoch: int, step: int) -> None:
     if not math.isfinite(float(sums["loss"])):
         terms = {name: float(total) for name, total in sums.items()}
         raise NonFiniteLoss(f"{stage}: loss became non-finite in epoch {epoch} by step {step} (summed terms: {terms})")

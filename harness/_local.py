@@ -11,22 +11,48 @@ FINISHED run stays the only one; its ``harness.holders`` tag gains this workdir)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from core.files import atomic_write_text
+from core.stages import BEST_CHECKPOINT
 from harness._locks import flock
 from harness.plan import DONE, StageRecord, mark_done, stage_dir
 
-__all__ = ["RECORD", "BEST_FILES", "work_lock", "read_record", "finish_stage", "make_present", "reset_stage", "stage_of"]
+__all__ = [
+    "RECORD", "BEST_FILES", "StageOutputs", "work_lock", "read_record", "finish_stage", "make_present", "reset_stage",
+    "stage_of",
+]
 
-RECORD = "record.json"  # history, best, test metrics: what replay logs
-BEST_FILES = ("best.safetensors", "best.json", RECORD)  # what another workdir needs of a stage
+RECORD = "record.json"  # a finished stage's StageOutputs: what replay logs
+# what another workdir needs of a stage: the selected weights, their sidecar, the record
+BEST_FILES = (BEST_CHECKPOINT, str(Path(BEST_CHECKPOINT).with_suffix(".json")), RECORD)
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    """What a finished stage leaves in ``record.json`` beside its files."""
+
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch, in the store's metric names
+    best: dict[str, float] = field(default_factory=dict)  # validation metrics (bare) at the selected epoch
+    best_epoch: int | None = None
+    final: dict[str, float] = field(default_factory=dict)  # test metrics, in the store's names (eval)
+    seconds: float = 0.0  # compute inside core (the overhead benchmark subtracts it from wall time)
+    checkpoint_seconds: float = 0.0  # of which writing checkpoints
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> StageOutputs:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in json.loads(text).items() if key in known})
 DAMAGED = ".damaged"
 log = logging.getLogger("harness")
 
@@ -37,15 +63,15 @@ def work_lock(workdir: Path, kind: str, key: str):
     return flock(Path(workdir) / "locks" / kind / f"{name}.lock")
 
 
-def read_record(workdir: Path, digest: str) -> dict[str, Any]:
+def read_record(workdir: Path, digest: str) -> StageOutputs:
     """The record a finished stage left (what replay logs into a study's run)."""
-    return json.loads((stage_dir(workdir, digest) / RECORD).read_text(encoding="utf-8"))
+    return StageOutputs.from_json((stage_dir(workdir, digest) / RECORD).read_text(encoding="utf-8"))
 
 
-def finish_stage(workdir: Path, digest: str, record: dict[str, Any]) -> None:
+def finish_stage(workdir: Path, digest: str, record: StageOutputs) -> None:
     """Write the stage's record, then its DONE marker (both atomic: a crash leaves no marker
     without its record)."""
-    atomic_write_text(stage_dir(workdir, digest) / RECORD, json.dumps(record))
+    atomic_write_text(stage_dir(workdir, digest) / RECORD, record.to_json())
     mark_done(workdir, digest)
 
 
@@ -53,7 +79,7 @@ def make_present(
     stage: StageRecord,
     workdir: Path,
     fetch: Callable[[Path], bool],
-    run: Callable[[Path], dict[str, Any]],
+    run: Callable[[Path], StageOutputs],
 ) -> str:
     """Make a finished stage's outputs present in this workdir; returns how: ``here``, ``fetched``
     or ``ran``.

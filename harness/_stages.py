@@ -8,6 +8,7 @@ test metrics) that the executor keeps beside them for replay.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from core.config import Config
 from core.data import Split, build_splits
 from core.evaluate import evaluate
 from core.runtime import resolve_device
-from core.train import BEST, load_model, train_stage
+from core.stages import BEST_CHECKPOINT, STAGES
+from core.train import load_model, train_stage
+from harness._local import StageOutputs
 from harness.plan import StageRecord
 from harness.tracking import names
 
@@ -53,24 +56,26 @@ def run_stage(
     workdir: Path,
     device: str | None,
     on_event: Callable[[Any], None],
-) -> dict[str, Any]:
+) -> StageOutputs:
     """Run ``stage`` into ``out_dir`` (resuming a partial one) and return its record."""
     config = _on_device(stage.config, device)
     splits = splits_for(config, workdir)
-    init_from = parent_dir / BEST if parent_dir is not None else None
+    init_from = parent_dir / BEST_CHECKPOINT if parent_dir is not None else None
     started = time.perf_counter()
-    if stage.kind == "eval":
+    if not STAGES[stage.kind].trains:
         record = _evaluate_test(config, init_from, out_dir, splits)
     else:
-        result = train_stage(config, stage.kind, out_dir, init_from=init_from, callback=on_event, splits=splits)
-        record = {"history": result.history, "best": result.best_metrics, "best_epoch": result.best_epoch}
-        record["checkpoint_seconds"] = result.checkpoint_seconds
-    # compute time inside core (the overhead benchmark subtracts it from the harness's wall time)
-    record["seconds"] = time.perf_counter() - started
-    return record
+        # the trainer speaks bare names; from here on its metrics carry the store's names
+        def named(event: Any) -> None:
+            on_event(dataclasses.replace(event, metrics=names.epoch_metrics(event.metrics)))
+
+        result = train_stage(config, stage.kind, out_dir, init_from=init_from, callback=named, splits=splits)
+        history = [names.epoch_metrics(epoch) for epoch in result.history]
+        record = StageOutputs(history, result.best_metrics, result.best_epoch, checkpoint_seconds=result.checkpoint_seconds)
+    return dataclasses.replace(record, seconds=time.perf_counter() - started)
 
 
-def _evaluate_test(config: Config, checkpoint: Path | None, out_dir: Path, splits: dict[str, Split]) -> dict[str, Any]:
+def _evaluate_test(config: Config, checkpoint: Path | None, out_dir: Path, splits: dict[str, Split]) -> StageOutputs:
     """The test split, once, at the selected checkpoint; per-query ranks saved for significance."""
     if checkpoint is None:
         raise ValueError("the eval stage needs a trained parent stage")
@@ -81,10 +86,10 @@ def _evaluate_test(config: Config, checkpoint: Path | None, out_dir: Path, split
         # the fold protocol is the result: its means, and ranks within folds for the bootstrap
         i2t, t2i = result.fold_ranks
         np.savez(out_dir / names.ARTIFACT_RANKS, i2t=i2t, t2i=t2i)
-        return {"final": {names.test_metric(k): v for k, v in result.fold_metrics.items()}}
+        return StageOutputs(final={names.test_metric(k): v for k, v in result.fold_metrics.items()})
     np.savez(out_dir / names.ARTIFACT_RANKS, i2t=result.i2t_ranks, t2i=result.t2i_ranks)
     final = {names.test_metric(k): v for k, v in result.metrics.items()}
     if result.fold_metrics is not None:  # COCO: 5K over the whole split, 1K as the 5-fold mean
         final |= {names.test_metric(k, "test5k"): v for k, v in result.metrics.items()}
         final |= {names.test_metric(k, "test1k"): v for k, v in result.fold_metrics.items()}
-    return {"final": final}
+    return StageOutputs(final=final)

@@ -46,7 +46,7 @@ def print_plan(plan: Plan, tasks: list[Task], status: dict[str, str]) -> None:
     console.print(table)
     if len(tasks) > PLAN_ROWS:
         console.print(f"(the first {PLAN_ROWS} of {len(tasks)} tasks are shown)")
-    pretrains = sum(task.kind == "pretrain" for task in tasks)
+    pretrains = sum(task.kind == "shared" for task in tasks)
     console.print(f"{len(plan.runs)} (arm, seed) runs, {pretrains} pre-trainings, {len(plan.stages)} stages")
 
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from core.errors import UserError
 from core.runtime import usable_cores
+from core.stages import STAGES
 from harness import _local
 from harness._locks import flock
 from harness._signals import terminate_as_interrupt
@@ -95,10 +96,11 @@ class StudyInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class Task:
-    """One schedulable unit: a shared pre-training, or an (arm, seed)'s fine-tune + test eval."""
+    """One schedulable unit: a stage the arms share (pre-training), or an (arm, seed)'s own stages
+    (fine-tune + test eval)."""
 
     key: str  # the hash of the task's last stage
-    kind: Literal["pretrain", "arm"]
+    kind: Literal["shared", "arm"]
     stages: tuple[StageRecord, ...]  # in order; all run in one tracking run
     depends_on: str | None  # key of the task that must finish first
     label: str  # arm label, or the arms sharing a pre-training
@@ -168,17 +170,17 @@ def plan_study(
 
 
 def plan_tasks(plan: Plan) -> list[Task]:
-    """A plan's stages grouped into tasks: each pre-training, then each run's own stages."""
+    """A plan's stages grouped into tasks: each shared stage (pre-training), then each run's own stages."""
     tasks: dict[str, Task] = {}
     for stage in plan.stages.values():
-        if stage.kind == "pretrain":
+        if STAGES[stage.kind].shared:
             arms = list(dict.fromkeys(arm for arm, _ in stage.users))
             label = arms[0] if len(arms) == 1 else SHARED_LABEL  # the harness.arm tag of the run
-            tasks[stage.hash] = Task(stage.hash, "pretrain", (stage,), None, label, stage.users[0][1])
+            tasks[stage.hash] = Task(stage.hash, "shared", (stage,), None, label, stage.users[0][1])
     for run in plan.runs:
         chain = [plan.stages[h] for h in run.chain]
-        own = tuple(s for s in chain if s.kind != "pretrain")
-        parent = next((s for s in chain if s.kind == "pretrain"), None)
+        own = tuple(s for s in chain if not STAGES[s.kind].shared)
+        parent = next((s for s in chain if STAGES[s.kind].shared), None)
         key = f"{own[-1].hash}:{run.arm.label}:{run.seed}"
         tasks[key] = Task(key, "arm", own, parent.hash if parent else None, run.arm.label, run.seed, run, parent)
     return list(tasks.values())
@@ -448,19 +450,20 @@ def _attempt(
 def _execute_task(
     task: Task, ctx: TaskContext, device: str | None, on_event: Callable[[Any], None], tags: Mapping[str, Any] | None
 ) -> TaskOutcome:
-    from harness.tracking import Tracker
+    from harness.tracking import RunKey, Tracker
 
     tracker = Tracker(ctx.tracking_uri, provenance=ctx.provenance)
     last = task.stages[-1]
-    stage_tag = "pretrain" if task.kind == "pretrain" else ("finetune" if any(s.kind == "finetune" for s in task.stages) else "eval")
+    stage_tag = task.stages[0].kind  # the harness.stage tag: the task's first stage
     started = time.perf_counter()
     pretrain_run = None
     if task.depends_on is not None:
-        pretrain_run = tracker.find_run(ctx.study, None, task.seed, "pretrain", task.depends_on, status="FINISHED")
+        pretrain_run = tracker.find_run(RunKey(ctx.study, None, task.seed, task.parent_stage.kind, task.depends_on))
+    # a shared stage's key ignores the arm label: it says how many arms share it, not what it computed
+    key = RunKey(ctx.study, None if task.kind == "shared" else task.label, task.seed, stage_tag, last.hash)
     claim = tracker.claim_run(
-        ctx.study, task.label, task.seed, stage_tag, last.hash, ctx.parent_run_id, flatten(last.config),
-        {**({names.TAG_DEVICE: device} if device else {}), **(tags or {})},
-        pretrain_run_id=pretrain_run, retry_failed=ctx.retry_failed, any_arm=task.kind == "pretrain",
+        key, ctx.parent_run_id, flatten(last.config), {**({names.TAG_DEVICE: device} if device else {}), **(tags or {})},
+        label=task.label, pretrain_run_id=pretrain_run, retry_failed=ctx.retry_failed,
     )  # fmt: skip
     if claim.kind == "finished":  # done, in this workdir or another: its outputs are in the store
         return TaskOutcome(task, "FINISHED", claim.run_id, tracker.final_metrics(claim.run_id), cached=True)
@@ -544,17 +547,16 @@ def _run_stages(
         all_cached &= cached
         # Replay what the run lacks: a cached stage, or epochs a killed attempt never logged.
         logged = tracker.logged_steps(run_id, names.TRAIN_LOSS)
-        for epoch, values in enumerate(record.get("history", [])):
+        for epoch, values in enumerate(record.history):
             if epoch not in logged:
                 tracker.log_metrics(run_id, values, step=epoch)
-        if record.get("final"):
-            tracker.log_metrics(run_id, record["final"], step=0)
-            metrics.update(record["final"])
-        if record.get("best"):
-            metrics.update({names.val_metric(k): v for k, v in record["best"].items()})
+        if record.final:
+            tracker.log_metrics(run_id, record.final, step=0)
+            metrics.update(record.final)
+        metrics.update({names.val_metric(k): v for k, v in record.best.items()})
         if (out / names.ARTIFACT_RANKS).is_file():
             tracker.log_artifact_file(run_id, out / names.ARTIFACT_RANKS)
-        if ctx.share_checkpoints and stage.kind == "pretrain":
+        if ctx.share_checkpoints and STAGES[stage.kind].shared:
             tracker.log_stage_checkpoint(run_id, [out / name for name in _local.BEST_FILES])
     tracker.add_holder(run_id, workdir)
     return metrics, all_cached
@@ -563,14 +565,15 @@ def _run_stages(
 def _parent_here(stage: StageRecord, ctx: TaskContext, tracker: Tracker, device: str | None, on_event: Callable) -> None:
     """The parent stage's files in this workdir: already here, fetched from the store, or run here."""
     from harness._stages import run_stage
+    from harness.tracking import RunKey
 
     workdir = Path(ctx.workdir)
-    finished = tracker.find_run(ctx.study, None, None, stage.kind, stage.hash, status="FINISHED")
+    finished = tracker.find_run(RunKey(ctx.study, None, None, stage.kind, stage.hash))
 
     def fetch(out: Path) -> bool:
         return finished is not None and tracker.fetch_stage_checkpoint(finished, out) is not None
 
-    def run(out: Path) -> dict[str, Any]:
+    def run(out: Path) -> _local.StageOutputs:
         return run_stage(stage, out, None, workdir, device, on_event)
 
     how = _local.make_present(stage, workdir, fetch, run)

@@ -2,7 +2,7 @@
 
 A run (one arm, one seed) is a chain of stages ``pretrain -> finetune -> eval`` (test evaluation
 at the checkpoint chosen on val). A stage's hash covers exactly the config fields its result
-depends on (:data:`STAGE_FIELDS`) plus its parent's hash, so stages that agree on those are one
+depends on (:data:`core.stages.STAGES`' ``fields``) plus its parent's hash, so stages that agree on those are one
 stage: a decoder-depth ablation runs one pre-training per seed. It also covers what the config
 names but does not hold: the data's content (:func:`core.data.data_fingerprint`: a rewritten
 caption file at the same path is new data) and the precision ``auto`` stands for on this machine
@@ -26,13 +26,12 @@ from typing import Any, Literal
 from core.config import Config
 from core.data import data_fingerprint
 from core.errors import UserError
+from core.stages import LAST_CHECKPOINT, STAGES, StageName, enabled_stages
 from harness.config import flatten
 from harness.study import Arm, Study, arm_config, expand_arms
 
 __all__ = [
-    "StageKind",
     "StageStatus",
-    "STAGE_FIELDS",
     "NEUTRAL_FIELDS",
     "StageRecord",
     "RunRecord",
@@ -46,43 +45,10 @@ __all__ = [
     "mark_done",
     "stage_status",
     "DONE",
-    "LAST_CHECKPOINT",
 ]
 
-StageKind = Literal["pretrain", "finetune", "eval"]
 StageStatus = Literal["done", "partial", "todo"]
 
-# What each stage's result depends on, as dotted config prefixes; the parent's hash is added, so a
-# stage lists only what it reads itself. The eval (val) settings that pick the checkpoint belong
-# to the training stages; a stage never lists another stage's section.
-STAGE_FIELDS: dict[StageKind, tuple[str, ...]] = {
-    "pretrain": (
-        "data",
-        "model.embed_dim",
-        "model.image",
-        "model.text",  # not model.decoder: pre-training embeds dense text without the decoder
-        "pretrain",
-        "eval.select_metric",
-        "eval.every_epochs",
-        "runtime.seed",
-        "runtime.precision",
-        "runtime.tf32",
-    ),
-    "finetune": (
-        "data",
-        "model",
-        "finetune",
-        "eval.select_metric",
-        "eval.every_epochs",
-        "eval.batch_size",  # neutral unless the decoder's padding is unmasked (_neutral_fields)
-        "runtime.seed",
-        "runtime.precision",
-        "runtime.tf32",
-    ),
-    # The model section: a pre-train-only run is tested without fine-tuning, and how its text is
-    # embedded depends on the model's settings, which its parent does not hash.
-    "eval": ("data", "model", "eval", "runtime.precision", "runtime.tf32"),
-}
 # Fields that change how fast or how verbosely a stage runs, never what it computes. The device
 # changes only floating-point rounding (the design treats a CPU and a GPU result as the same stage).
 NEUTRAL_FIELDS: frozenset[str] = frozenset(
@@ -93,7 +59,6 @@ HASH_VERSION = 2
 HASH_LENGTH = 16  # hex digits: 64 bits, no collision among any realistic number of stages
 
 DONE = "DONE"  # the marker file written last when a stage finishes
-LAST_CHECKPOINT = "last.safetensors"  # core.train's epoch checkpoint: its presence = resumable
 
 
 @dataclass(frozen=True)
@@ -103,7 +68,7 @@ class StageRecord:
     ``config`` is the first user's resolved config; every user agrees with it on the fields
     this stage hashes."""
 
-    kind: StageKind
+    kind: StageName
     hash: str
     parent: str | None
     config: Config
@@ -147,7 +112,7 @@ def make_plan(study: Study, overrides: Iterable[str] | Mapping[str, Any] = (), d
             disabled; raised before anything runs.
     """
     runs: list[RunRecord] = []
-    first: dict[str, tuple[StageKind, str | None, Config]] = {}
+    first: dict[str, tuple[StageName, str | None, Config]] = {}
     users: dict[str, list[tuple[str, int]]] = {}
     fingerprints: dict[str, str] = {}  # data section JSON -> fingerprint (stat calls once per dataset)
     for seed in study.seeds:
@@ -189,7 +154,7 @@ def resolve_auto_precision(config: Config, device: str | None = None) -> Config:
     return config.model_copy(update={"runtime": config.runtime.model_copy(update={"precision": precision})})
 
 
-def stage_chain(config: Config, data: str | None = None) -> list[tuple[StageKind, str, str | None]]:
+def stage_chain(config: Config, data: str | None = None) -> list[tuple[StageName, str, str | None]]:
     """A run's stages as ``(kind, hash, parent hash)``, honouring the stage switches.
 
     ``pretrain.enabled: false``: the finetune has no parent (it starts from the initial model).
@@ -202,20 +167,18 @@ def stage_chain(config: Config, data: str | None = None) -> list[tuple[StageKind
     Raises:
         UserError: both stages disabled (nothing to train).
     """
-    kinds: list[StageKind] = [kind for kind in ("pretrain", "finetune") if getattr(config, kind).enabled]
-    if not kinds:
-        raise UserError("pretrain.enabled and finetune.enabled are both false: there is nothing to train")
+    kinds = enabled_stages(config)
     data = data if data is not None else data_fingerprint(config.data)
     flat = flatten(config)  # once per run: planning a 1,000-arm study flattens 1,000 configs
     chain, parent = [], None
-    for kind in (*kinds, "eval"):
+    for kind in kinds:
         digest = _digest(kind, parent, data, _own_fields(flat, kind))
         chain.append((kind, digest, parent))
         parent = digest
     return chain
 
 
-def hashed_fields(config: Config, kind: StageKind) -> dict[str, Any]:
+def hashed_fields(config: Config, kind: StageName) -> dict[str, Any]:
     """The ``{dotted.key: value}`` a stage's hash covers (its own fields, not its parent's).
 
     Args:
@@ -225,22 +188,23 @@ def hashed_fields(config: Config, kind: StageKind) -> dict[str, Any]:
     return _own_fields(flatten(config), kind)
 
 
-def _own_fields(flat: Mapping[str, Any], kind: StageKind) -> dict[str, Any]:
-    prefixes = STAGE_FIELDS[kind]
+def _own_fields(flat: Mapping[str, Any], kind: StageName) -> dict[str, Any]:
+    prefixes = STAGES[kind].fields
     below = tuple(p + "." for p in prefixes)
     neutral = _neutral_fields(flat, kind)
     return {key: value for key, value in flat.items() if key not in neutral and (key in prefixes or key.startswith(below))}
 
 
-def _neutral_fields(flat: Mapping[str, Any], kind: StageKind) -> frozenset[str]:
+def _neutral_fields(flat: Mapping[str, Any], kind: StageName) -> frozenset[str]:
     """:data:`NEUTRAL_FIELDS`, less ``eval.batch_size`` for a stage that embeds sparse captions
     through a decoder whose padding is unmasked (the released code's): a caption's embedding then
     depends on how much padding its evaluation batch has, so validation and test do too."""
-    unmasked = kind != "pretrain" and flat.get("model.decoder.depth", 0) > 0 and flat.get("model.decoder.mask_padding") is False
+    through_decoder = STAGES[kind].decoder is not False  # eval: its parent's model, maybe the decoder's
+    unmasked = through_decoder and flat.get("model.decoder.depth", 0) > 0 and flat.get("model.decoder.mask_padding") is False
     return NEUTRAL_FIELDS - {"eval.batch_size"} if unmasked else NEUTRAL_FIELDS
 
 
-def stage_hash(config: Config, kind: StageKind, parent: str | None, data: str) -> str:
+def stage_hash(config: Config, kind: StageName, parent: str | None, data: str) -> str:
     """The stage's content hash: its fields, the data's fingerprint and its parent's hash, as
     canonical JSON.
 
@@ -253,7 +217,7 @@ def stage_hash(config: Config, kind: StageKind, parent: str | None, data: str) -
     return _digest(kind, parent, data, hashed_fields(config, kind))
 
 
-def _digest(kind: StageKind, parent: str | None, data: str, fields: Mapping[str, Any]) -> str:
+def _digest(kind: StageName, parent: str | None, data: str, fields: Mapping[str, Any]) -> str:
     payload = {"version": HASH_VERSION, "kind": kind, "parent": parent, "data": data, "fields": fields}
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]

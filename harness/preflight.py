@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.config import Config
 from core.errors import UserError
+from core.stages import TRAINING_STAGES
 from harness.plan import Plan
 from harness.study import Study, expand_arms
 
@@ -58,7 +59,7 @@ def _names_outside(config: Config) -> str:
         "device": config.runtime.device,
         **{
             stage: getattr(config, stage).structure.model_dump(mode="json")
-            for stage in ("pretrain", "finetune")
+            for stage in TRAINING_STAGES
             if getattr(config, stage).enabled and getattr(config, stage).structure.enabled
         },
     }

@@ -38,6 +38,7 @@ from pydantic import (
 
 from core.config import Config
 from core.errors import UserError, did_you_mean
+from core.metric_keys import RSUM, recall_key
 from harness.config import DEFAULT_SETTING, flatten, load_yaml, parse_set, resolve, setting_path
 from harness.tracking.names import METRICS
 
@@ -84,7 +85,7 @@ class ArmSpec(_Strict):
 class ReportSpec(_Strict):
     """How ``harness report`` presents the study: table columns and one plot."""
 
-    metrics: tuple[Metric, ...] = ("rsum", "i2t_r1", "t2i_r1")  # table columns; the first is the plot's y
+    metrics: tuple[Metric, ...] = (RSUM, recall_key("i2t", 1), recall_key("t2i", 1))  # table columns; the first is the plot's y
     split: Literal["test", "test5k", "test1k"] = "test"  # test5k / test1k: COCO
     plot: Literal["bar", "line", "none"] = "bar"  # bar: one bar per arm; line: y over `x`
     x: str | None = None  # plot: line: the `vary` key on the x axis

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
+from core.stages import LAST_CHECKPOINT, STAGES
 from harness.config import flatten, resolve
 from harness.plan import (
     DONE,
-    LAST_CHECKPOINT,
     NEUTRAL_FIELDS,
-    STAGE_FIELDS,
     hashed_fields,
     make_plan,
     mark_done,
@@ -113,7 +112,7 @@ def test_seed_changes_every_stage() -> None:
 
 def test_every_config_field_is_hashed_by_a_stage_or_declared_neutral() -> None:
     config = resolve()
-    hashed = set().union(*(hashed_fields(config, kind) for kind in STAGE_FIELDS))
+    hashed = set().union(*(hashed_fields(config, kind) for kind in STAGES))
     assert set(flatten(config)) - hashed == NEUTRAL_FIELDS
 
 
@@ -212,12 +211,6 @@ def test_stage_status_reads_done_partial_and_todo(tmp_path: Path) -> None:
     assert stage_dir(tmp_path, pretrain) == tmp_path / "stages" / pretrain
     assert (stage_dir(tmp_path, pretrain) / DONE).is_file()
     assert stage_status(plan, tmp_path) == {pretrain: "done", finetune: "partial", evaluation: "todo"}
-
-
-def test_last_checkpoint_is_the_trainers_file_name() -> None:
-    from core.train import LAST
-
-    assert LAST_CHECKPOINT == LAST
 
 
 # ------------------------------------------------------------------- what the config only names

@@ -27,13 +27,14 @@ from harness._locks import flock, is_held
 from harness.bench.sweep import bench_sweep
 from harness.cli import app
 from harness.execute import TaskContext, TaskOutcome, TaskStopped, execute_task, plan_tasks
-from harness.plan import DONE, LAST_CHECKPOINT, make_plan, stage_dir
+from core.stages import LAST_CHECKPOINT
+from harness.plan import DONE, make_plan, stage_dir
 from harness.study import ArmSpec, Study, load_study
 from harness.sweep import DEFAULT_SPEC, SAMPLERS, load_sweep, run_sweep, suggest
 from harness.sweep._trial import trial_study
 from harness.sweep import _samplers, _storage, _trial
 from harness.tracking import names
-from harness.tracking.store import provenance
+from harness.tracking.lineage import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny.yaml"

@@ -12,7 +12,8 @@ from core.data import Collator, PairDataset, build_splits
 from core.errors import UserError
 from core.model import TEXT_BACKBONE_ALIASES, build_model
 from core.teachers import build_teachers
-from core.train import BEST, train_stage
+from core.stages import BEST_CHECKPOINT
+from core.train import train_stage
 from harness.config import resolve
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
@@ -85,10 +86,10 @@ def test_an_unknown_teacher_is_a_user_error_naming_its_key(key, value, message):
 def test_finetuning_with_named_structure_teachers_trains(tmp_path, splits):
     config = resolve(TINY, [*NAMED, "pretrain.epochs=1", "finetune.epochs=1"])
     train_stage(config, "pretrain", tmp_path / "pre", splits=splits)
-    result = train_stage(config, "finetune", tmp_path / "fine", init_from=tmp_path / "pre" / BEST, splits=splits)
-    record = result.history[0]
-    assert record["train/structure_loss"] > 0 and record["train/distill_loss"] > 0
-    assert torch.isfinite(torch.tensor(record["train/loss"]))
+    result = train_stage(config, "finetune", tmp_path / "fine", init_from=tmp_path / "pre" / BEST_CHECKPOINT, splits=splits)
+    record = result.history[0]["train"]
+    assert record["structure_loss"] > 0 and record["distill_loss"] > 0
+    assert torch.isfinite(torch.tensor(record["loss"]))
 
 
 def test_teachers_embed_only_what_the_losses_read(splits):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness.tracking import Tracker, default_tracking_uri, init_store, lease, names, provenance
+from harness.tracking import RunKey, Tracker, default_tracking_uri, init_store, lease, names, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 # MLflow's own SQLAlchemy models trigger this on every new store; it is not ours to fix.
@@ -64,13 +64,9 @@ class TrackerContract:
 
     def test_stage_runs_nest_under_the_study_with_tags_and_config_params(self, tracker, client, study) -> None:
         parent = tracker.study_run(study)
-        pretrain = tracker.start_run(study, "depth=0", 0, "pretrain", "p1", parent, {"model.embed_dim": 128})
+        pretrain = tracker.start_run(RunKey(study, "depth=0", 0, "pretrain", "p1"), parent, {"model.embed_dim": 128})
         finetune = tracker.start_run(
-            study,
-            "depth=4",
-            0,
-            "finetune",
-            "f1",
+            RunKey(study, "depth=4", 0, "finetune", "f1"),
             parent,
             {
                 "model.decoder.depth": 4,
@@ -106,7 +102,7 @@ class TrackerContract:
 
     def test_values_longer_than_mlflow_allows_are_truncated(self, tracker, client, study) -> None:
         parent = tracker.study_run(study, "d" * 9000)
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h", parent, {"model.text.config_overrides": "x" * 9000})
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), parent, {"model.text.config_overrides": "x" * 9000})
         value = client.get_run(run_id).data.params["model.text.config_overrides"]
         assert 1000 < len(value) <= 6000 and value.endswith("[truncated]")
         note = client.get_run(parent).data.tags["mlflow.note.content"]
@@ -114,20 +110,20 @@ class TrackerContract:
 
     def test_find_run_finds_only_finished_runs_with_the_same_hash(self, tracker, study) -> None:
         parent = tracker.study_run(study)
-        assert tracker.find_run(study, "a", 0, "finetune", "h1") is None
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h1", parent)
-        assert tracker.find_run(study, "a", 0, "finetune", "h1") is None  # still running
-        assert tracker.find_run(study, "a", 0, "finetune", "h1", status="RUNNING") == run_id
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h1")) is None
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h1"), parent)
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h1")) is None  # still running
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h1"), status="RUNNING") == run_id
         tracker.end_run(run_id)
-        assert tracker.find_run(study, "a", 0, "finetune", "h1") == run_id
-        assert tracker.find_run(study, "a", 0, "finetune", "h2") is None
-        assert tracker.find_run(study, "b", 0, "finetune", "h1") is None
-        assert tracker.find_run(study, "a", 1, "finetune", "h1") is None
-        assert tracker.find_run(study, "a", 0, "pretrain", "h1") is None
-        assert tracker.find_run(study, None, None, "finetune", "h1") == run_id  # a shared stage
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h1")) == run_id
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h2")) is None
+        assert tracker.find_run(RunKey(study, "b", 0, "finetune", "h1")) is None
+        assert tracker.find_run(RunKey(study, "a", 1, "finetune", "h1")) is None
+        assert tracker.find_run(RunKey(study, "a", 0, "pretrain", "h1")) is None
+        assert tracker.find_run(RunKey(study, None, None, "finetune", "h1")) == run_id  # a shared stage
 
     def test_find_run_in_a_study_never_run_finds_nothing(self, tracker, client, study) -> None:
-        assert tracker.find_run(study, "a", 0, "finetune", "h") is None
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h")) is None
         assert tracker.reap_unfinished(study) == []
         assert client.get_experiment_by_name(study) is None
 
@@ -136,11 +132,11 @@ class TrackerContract:
         killed = textwrap.dedent(
             f"""
             import json, os
-            from harness.tracking import Tracker, names
+            from harness.tracking import RunKey, Tracker, names
             tracker = Tracker({uri!r}, provenance={ORIGIN!r})
-            run_id = tracker.start_run({study!r}, "a", 0, "finetune", "h", {parent!r}, {{"pretrain.epochs": 2}})
+            run_id = tracker.start_run(RunKey({study!r}, "a", 0, "finetune", "h"), {parent!r}, {{"pretrain.epochs": 2}})
             tracker.log_metrics(run_id, {{names.TRAIN_LOSS: 3.0}}, step=0)
-            other = tracker.start_run({study!r}, "gone", 0, "finetune", "g", {parent!r})  # an arm since removed
+            other = tracker.start_run(RunKey({study!r}, "gone", 0, "finetune", "g"), {parent!r})  # an arm since removed
             print(json.dumps([run_id, other]), flush=True)
             os._exit(0)  # as kill -9 would: no run is closed
             """
@@ -152,9 +148,9 @@ class TrackerContract:
         again = Tracker(uri, provenance=ORIGIN)  # the re-run: the owner's pid is gone
         assert again.study_run(study) == parent
         assert sorted(again.reap_unfinished(study)) == sorted([run_id, other])
-        assert again.find_run(study, "a", 0, "finetune", "h") is None
+        assert again.find_run(RunKey(study, "a", 0, "finetune", "h")) is None
         params = {"pretrain.epochs": 2, "runtime.device": "cuda"}  # a result-neutral field changed
-        assert again.start_run(study, "a", 0, "finetune", "h", parent, params) == run_id
+        assert again.start_run(RunKey(study, "a", 0, "finetune", "h"), parent, params) == run_id
         again.log_metrics(run_id, {names.TRAIN_LOSS: 2.0}, step=1)
         again.end_run(run_id)
 
@@ -172,9 +168,9 @@ class TrackerContract:
         holder = textwrap.dedent(
             f"""
             import sys
-            from harness.tracking import Tracker
+            from harness.tracking import RunKey, Tracker
             tracker = Tracker({uri!r}, provenance={ORIGIN!r})
-            print(tracker.start_run({study!r}, "a", 0, "finetune", "h", {parent!r}), flush=True)
+            print(tracker.start_run(RunKey({study!r}, "a", 0, "finetune", "h"), {parent!r}), flush=True)
             sys.stdin.read()  # alive until the test closes stdin or kills it
             """
         )
@@ -183,27 +179,27 @@ class TrackerContract:
             run_id = proc.stdout.readline().strip()
             assert run_id, "the holder process did not open its run"
             assert tracker.reap_unfinished(study) == []  # another workdir's live run is not an orphan
-            claim = tracker.claim_run(study, "a", 0, "finetune", "h", parent)
+            claim = tracker.claim_run(RunKey(study, "a", 0, "finetune", "h"), parent)
             assert (claim.kind, claim.run_id, claim.owner.pid) == ("busy", run_id, proc.pid)
         finally:
             proc.kill()
             proc.wait()
-        claim = tracker.claim_run(study, "a", 0, "finetune", "h", parent)  # its owner is dead now
+        claim = tracker.claim_run(RunKey(study, "a", 0, "finetune", "h"), parent)  # its owner is dead now
         assert (claim.kind, claim.run_id) == ("owned", run_id)
         tracker.end_run(run_id)
-        assert tracker.claim_run(study, "a", 0, "finetune", "h", parent).kind == "finished"
+        assert tracker.claim_run(RunKey(study, "a", 0, "finetune", "h"), parent).kind == "finished"
 
     def test_another_hosts_run_is_taken_over_only_when_its_heartbeat_is_stale(self, uri, client, study) -> None:
         tracker = Tracker(uri, provenance=ORIGIN)
         parent = tracker.study_run(study)
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h", parent)
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), parent)
         tracker.end_run(run_id, "KILLED")  # stop our heartbeat; then make it another machine's run
         client.update_run(run_id, status="RUNNING")
         elsewhere = lease.Owner("elsewhere", 1, "another-pid-namespace", "t0")
         for age, expected in ((0, "busy"), (2 * lease.LEASE_S, "owned")):
             beat = f"{time.time() - age:.0f}"
             tracker.set_tags(run_id, {names.TAG_OWNER: elsewhere.tag(), names.TAG_HEARTBEAT: beat})
-            claim = tracker.claim_run(study, "a", 0, "finetune", "h", parent)
+            claim = tracker.claim_run(RunKey(study, "a", 0, "finetune", "h"), parent)
             assert (claim.kind, claim.run_id) == (expected, run_id), age
         assert lease.parse_owner(client.get_run(run_id).data.tags[names.TAG_OWNER]) == lease.this_process()
         tracker.end_run(run_id)
@@ -214,11 +210,11 @@ class TrackerContract:
         contender = textwrap.dedent(
             f"""
             import time
-            from harness.tracking import Tracker
+            from harness.tracking import RunKey, Tracker
             tracker = Tracker({uri!r}, provenance={ORIGIN!r})
             tracker.study_run({study!r})
             time.sleep(max(0.0, {start!r} - time.time()))
-            claim = tracker.claim_run({study!r}, "a", 0, "finetune", "h", {parent!r})
+            claim = tracker.claim_run(RunKey({study!r}, "a", 0, "finetune", "h"), {parent!r})
             print(claim.kind, flush=True)
             time.sleep(4)  # keep an owned run alive while the others look
             if claim.kind == "owned":
@@ -233,18 +229,18 @@ class TrackerContract:
 
     def test_failed_runs_are_kept_and_a_retry_opens_a_new_run(self, tracker, client, study) -> None:
         parent = tracker.study_run(study)
-        failed = tracker.start_run(study, "a", 0, "finetune", "h", parent)
+        failed = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), parent)
         tracker.log_artifact_text(failed, names.ARTIFACT_TRACEBACK, "Traceback: loss is nan")
         tracker.end_run(failed, "FAILED")
-        retry = tracker.start_run(study, "a", 0, "finetune", "h", parent)
+        retry = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), parent)
         tracker.end_run(retry)
         assert retry != failed
-        assert tracker.find_run(study, "a", 0, "finetune", "h", status="FAILED") == failed
-        assert tracker.find_run(study, "a", 0, "finetune", "h") == retry
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h"), status="FAILED") == failed
+        assert tracker.find_run(RunKey(study, "a", 0, "finetune", "h")) == retry
         assert client.get_run(failed).info.status == "FAILED"
 
     def test_metrics_are_logged_per_step(self, tracker, client, study) -> None:
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h", tracker.study_run(study))
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), tracker.study_run(study))
         for epoch in range(3):
             values = {names.val_metric("rsum"): 100.0 + epoch, names.LR: 0.1 / (epoch + 1)}
             tracker.log_metrics(run_id, values, step=epoch)
@@ -254,7 +250,7 @@ class TrackerContract:
         assert client.get_run(run_id).data.metrics[names.test_metric("rsum")] == 111.5
 
     def test_final_metrics_and_logged_steps_read_back_what_was_logged(self, tracker, study) -> None:
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h", tracker.study_run(study))
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), tracker.study_run(study))
         assert tracker.final_metrics(run_id) == {} and tracker.logged_steps(run_id, names.TRAIN_LOSS) == set()
         tracker.log_metrics(run_id, {names.TRAIN_LOSS: 2.0}, step=0)
         tracker.log_metrics(run_id, {names.TRAIN_LOSS: 1.0}, step=2)
@@ -268,7 +264,7 @@ class TrackerContract:
         assert client.get_run(parent).data.tags["harness.baseline"] == "depth=4"
 
     def test_artifacts_round_trip_with_the_git_diff_when_dirty(self, tracker, client, study, tmp_path) -> None:
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h", tracker.study_run(study))
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), tracker.study_run(study))
         tracker.log_artifact_text(run_id, names.ARTIFACT_CONFIG, "model:\n  embed_dim: 128\n")
         ranks = tmp_path / names.ARTIFACT_RANKS
         ranks.write_bytes(b"\x00\x01binary")
@@ -282,7 +278,7 @@ class TrackerContract:
 
     def test_a_clean_work_tree_logs_no_diff(self, uri, client, study, tmp_path) -> None:
         tracker = Tracker(uri, provenance={**ORIGIN, "git_dirty": False, "git_diff": ""})
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h", tracker.study_run(study))
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), tracker.study_run(study))
         assert client.get_run(run_id).data.tags[names.TAG_GIT_DIRTY] == "false"
         assert client.list_artifacts(run_id) == []
 
@@ -297,10 +293,10 @@ class TrackerContract:
         worker = textwrap.dedent(
             f"""
             import sys
-            from harness.tracking import Tracker
+            from harness.tracking import RunKey, Tracker
             tracker = Tracker({uri!r}, provenance={ORIGIN!r})
             arm = sys.argv[1]
-            run_id = tracker.start_run({study!r}, arm, 0, "finetune", "h-" + arm, {parent!r}, {{"k": arm}})
+            run_id = tracker.start_run(RunKey({study!r}, arm, 0, "finetune", "h-" + arm), {parent!r}, {{"k": arm}})
             for epoch in range(5):
                 tracker.log_metrics(run_id, {{"train/loss": 1.0 / (epoch + 1)}}, step=epoch)
             tracker.end_run(run_id)
@@ -313,7 +309,7 @@ class TrackerContract:
         errors = [proc.communicate(timeout=120)[1] for proc in procs]
         assert [proc.returncode for proc in procs] == [0, 0], errors
         for arm in ("w0", "w1"):
-            run_id = tracker.find_run(study, arm, 0, "finetune", f"h-{arm}")
+            run_id = tracker.find_run(RunKey(study, arm, 0, "finetune", f"h-{arm}"))
             assert run_id is not None
             assert len(client.get_metric_history(run_id, "train/loss")) == 5
 
@@ -327,7 +323,7 @@ class TestSQLiteStore(TrackerContract):
         return uri
 
     def test_artifacts_live_beside_the_database(self, uri, tracker, client, study) -> None:
-        run_id = tracker.start_run(study, "a", 0, "finetune", "h", tracker.study_run(study))
+        run_id = tracker.start_run(RunKey(study, "a", 0, "finetune", "h"), tracker.study_run(study))
         db = Path(uri.removeprefix("sqlite:///"))
         assert client.get_run(run_id).info.artifact_uri.startswith((db.parent / "mlartifacts").as_uri())
 

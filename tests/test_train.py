@@ -12,7 +12,8 @@ from core.config import OptimConfig
 from core.data import build_splits
 from core.errors import UserError
 from core.runtime import resolve_device
-from core.train import BEST, LAST, NonFiniteLoss, lr_factor, train_stage
+from core.stages import BEST_CHECKPOINT, LAST_CHECKPOINT
+from core.train import NonFiniteLoss, lr_factor, train_stage
 from harness.config import resolve
 
 TINY = Path(__file__).parent / "data" / "tiny.yaml"
@@ -42,16 +43,16 @@ def test_warmup_ramps_linearly_then_hands_over_to_the_schedule():
 def test_two_stage_run_lowers_the_loss_and_selects_on_validation(tmp_path, splits):
     config = resolve(TINY, ["pretrain.epochs=3", "finetune.epochs=3", "finetune.structure.enabled=true"])
     pre = train_stage(config, "pretrain", tmp_path / "pre", splits=splits)
-    fine = train_stage(config, "finetune", tmp_path / "fine", init_from=tmp_path / "pre" / BEST, splits=splits)
+    fine = train_stage(config, "finetune", tmp_path / "fine", init_from=tmp_path / "pre" / BEST_CHECKPOINT, splits=splits)
     for result in (pre, fine):
-        losses = [epoch["train/loss"] for epoch in result.history]
+        losses = [epoch["train"]["loss"] for epoch in result.history]
         assert losses[-1] < losses[0]
-        best = max(result.history, key=lambda r: r["val/rsum"])
-        assert result.best_metrics["rsum"] == best["val/rsum"]
+        best = max(result.history, key=lambda r: r["val"]["rsum"])
+        assert result.best_metrics["rsum"] == best["val"]["rsum"]
         assert not any(key.startswith("test/") for key in best)
-    assert {"train/align_loss", "train/distill_loss", "train/structure_loss"} <= set(fine.history[0])
-    assert not any(k.startswith("model.decoder.") for k in model_tensors(tmp_path / "pre" / BEST))
-    assert any(k.startswith("model.decoder.") for k in model_tensors(tmp_path / "fine" / BEST))
+    assert {"align_loss", "distill_loss", "structure_loss"} <= set(fine.history[0]["train"])
+    assert not any(k.startswith("model.decoder.") for k in model_tensors(tmp_path / "pre" / BEST_CHECKPOINT))
+    assert any(k.startswith("model.decoder.") for k in model_tensors(tmp_path / "fine" / BEST_CHECKPOINT))
 
 
 def test_resume_from_a_middle_checkpoint_gives_identical_weights(tmp_path, splits):
@@ -69,7 +70,7 @@ def test_resume_from_a_middle_checkpoint_gives_identical_weights(tmp_path, split
         train_stage(config, "finetune", tmp_path / "resumed", splits=splits, callback=stop_after_second_epoch)
     resumed = train_stage(config, "finetune", tmp_path / "resumed", splits=splits)
     assert len(resumed.history) == 3
-    straight, again = model_tensors(tmp_path / "straight" / LAST), model_tensors(tmp_path / "resumed" / LAST)
+    straight, again = model_tensors(tmp_path / "straight" / LAST_CHECKPOINT), model_tensors(tmp_path / "resumed" / LAST_CHECKPOINT)
     assert straight.keys() == again.keys()
     for key in straight:
         torch.testing.assert_close(again[key], straight[key], rtol=0, atol=0, msg=key)
@@ -79,7 +80,7 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tmp_path, s
     def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
         config = resolve(TINY, ["pretrain.epochs=1", f"runtime.seed={seed}"])
         train_stage(config, "pretrain", tmp_path / name, splits=splits)
-        return model_tensors(tmp_path / name / LAST)
+        return model_tensors(tmp_path / name / LAST_CHECKPOINT)
 
     first, second, other = weights(0, "a"), weights(0, "b"), weights(1, "c")
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -90,7 +91,7 @@ def test_a_non_finite_loss_fails_the_stage_before_any_checkpoint_is_written(tmp_
     config = resolve(TINY, {"pretrain.align.loss": "triplet", "pretrain.align.margin": float("nan")})
     with pytest.raises(NonFiniteLoss, match="pretrain: loss became non-finite in epoch 0"):
         train_stage(config, "pretrain", tmp_path, splits=splits)
-    assert not (tmp_path / LAST).exists() and not (tmp_path / BEST).exists()
+    assert not (tmp_path / LAST_CHECKPOINT).exists() and not (tmp_path / BEST_CHECKPOINT).exists()
 
 
 def test_device_names_resolve_or_fail_naming_the_option():

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from core.data import build_splits
 from core.evaluate import evaluate
-from core.train import BEST, load_model, train_stage
+from core.stages import BEST_CHECKPOINT
+from core.train import load_model, train_stage
 from harness.config import resolve
 from harness.report._bootstrap import paired_bootstrap_rsum
 
@@ -22,12 +23,12 @@ out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/power")
 base = ["data.synthscenes.num_test=5000", "finetune.epochs=1"]
 configs = {depth: resolve(overrides=[*base, f"model.decoder.depth={depth}"]) for depth in (0, 2)}
 splits = build_splits(configs[0].data, out / "data")
-if not (out / "pre" / BEST).exists():
+if not (out / "pre" / BEST_CHECKPOINT).exists():
     train_stage(configs[0], "pretrain", out / "pre", splits=splits)
 for depth, config in configs.items():
-    if not (out / f"d{depth}" / BEST).exists():
-        train_stage(config, "finetune", out / f"d{depth}", init_from=out / "pre" / BEST, splits=splits)
-models = {depth: load_model(config, out / f"d{depth}" / BEST) for depth, config in configs.items()}
+    if not (out / f"d{depth}" / BEST_CHECKPOINT).exists():
+        train_stage(config, "finetune", out / f"d{depth}", init_from=out / "pre" / BEST_CHECKPOINT, splits=splits)
+models = {depth: load_model(config, out / f"d{depth}" / BEST_CHECKPOINT) for depth, config in configs.items()}
 test = splits["test"]
 for folds, sizes in ((False, (200, 500, 1000, 2000, 5000)), (True, (1000, 2000, 5000))):
     protocol = ["eval.fold_size=200", "eval.test_on=folds"] if folds else []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.runtime import usable_cores
+from core.stages import FINETUNE, PRETRAIN
 from harness.bench.measure import ISSUE, Figure, check, figures_json
 from harness.plan import make_plan
 from harness.study import load_study
@@ -85,7 +86,7 @@ def bench_end_to_end(study: str | Path = MAIN_JOB, args: Sequence[str] = MAIN_JO
         ],
         "study": str(study),
         "runs": len(plan.runs),
-        "pretrain_stages": kinds.count("pretrain"),
-        "finetune_stages": kinds.count("finetune"),
+        "pretrain_stages": kinds.count(PRETRAIN.name),
+        "finetune_stages": kinds.count(FINETUNE.name),
         "cores": cores,
     }

@@ -12,7 +12,6 @@ training script pays once per process, is timed apart (``import_s``) and not cou
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import tempfile
 import time
@@ -21,10 +20,10 @@ from pathlib import Path
 import yaml
 
 from core.data import prepare
+from harness._local import read_record
 from harness.config import resolve
 from harness.bench.measure import Figure, figures_json, ratio_check
 from harness.execute import run_study
-from harness.plan import stage_dir
 from harness.tracking import default_tracking_uri
 
 __all__ = ["bench_overhead"]
@@ -57,11 +56,11 @@ def bench_overhead(setting: str = "cpu-small", epochs: int | None = None) -> dic
         started = time.perf_counter()
         result = run_study(study, workdir=workdir, tracking_uri=default_tracking_uri(workdir))
         wall = time.perf_counter() - started
-        records = [json.loads((stage_dir(workdir, h) / "record.json").read_text()) for h in result.plan.stages]
+        records = [read_record(workdir, h) for h in result.plan.stages]
     if result.failed:
         raise RuntimeError(f"the benchmark study failed: {result.failed[0].error}")
-    compute = sum(r["seconds"] - r.get("checkpoint_seconds", 0.0) for r in records)
-    checkpoint = sum(r.get("checkpoint_seconds", 0.0) for r in records)
+    compute = sum(r.seconds - r.checkpoint_seconds for r in records)
+    checkpoint = sum(r.checkpoint_seconds for r in records)
     figures = {
         WALL: Figure((wall,), "s"),
         COMPUTE: Figure((compute,), "s"),

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.metric_keys import RSUM, rank_key, recall_key
+
 __all__ = ["reference_ranks", "reference_recall", "reference_kfold_recall"]
 
 
@@ -47,11 +49,11 @@ def reference_recall(sims: np.ndarray, txt2img: np.ndarray, ks: Sequence[int] = 
     out = {}
     for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
         for k in ks:
-            out[f"{direction}_r{k}"] = 100.0 * len(np.where(ranks < k)[0]) / len(ranks)
-    out["rsum"] = sum(out[f"{direction}_r{k}"] for direction in ("i2t", "t2i") for k in ks)
+            out[recall_key(direction, k)] = 100.0 * len(np.where(ranks < k)[0]) / len(ranks)
+    out[RSUM] = sum(out[recall_key(direction, k)] for direction in ("i2t", "t2i") for k in ks)
     for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
-        out[f"{direction}_medr"] = float(np.floor(np.median(ranks)) + 1)
-        out[f"{direction}_meanr"] = float(ranks.mean() + 1)
+        out[rank_key(direction, "medr")] = float(np.floor(np.median(ranks)) + 1)
+        out[rank_key(direction, "meanr")] = float(ranks.mean() + 1)
     return out
 
 

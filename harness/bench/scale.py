@@ -28,11 +28,12 @@ import yaml
 
 from core.errors import UserError
 from core.metrics import metrics_from_ranks
+from core.stages import FINETUNE, PRETRAIN
 from harness.bench.endtoend import run_timed
 from harness.bench.measure import ISSUE, Figure, check, figures_json
 from harness.config import DEFAULT_SETTING, config_to_yaml, flatten, resolve
 from harness.study import expand_arms, load_study
-from harness.tracking import Tracker, default_tracking_uri, init_store, names, provenance
+from harness.tracking import RunKey, Tracker, default_tracking_uri, init_store, names, provenance
 
 __all__ = ["bench_report", "bench_dry_run", "write_store"]
 
@@ -73,12 +74,12 @@ def write_store(
             tracker.set_tags(parent, {names.TAG_ARM_ORDER: json.dumps(labels), names.TAG_BASELINE: labels[0]})
             tracker.log_artifact_text(parent, names.ARTIFACT_STUDY, yaml.safe_dump(study, sort_keys=False))
             for run_seed in range(seeds):
-                pretrain = tracker.start_run(study["name"], "shared", run_seed, "pretrain", _hash(rng), parent, params)
+                pretrain = tracker.start_run(RunKey(study["name"], "shared", run_seed, PRETRAIN.name, _hash(rng)), parent, params)
                 _log_epochs(tracker, pretrain, epochs, rng, n_images, captions_per_image)
                 tracker.end_run(pretrain)
                 written += 1
                 for label in labels:
-                    run = tracker.start_run(study["name"], label, run_seed, "finetune", _hash(rng), parent, params, pretrain_run_id=pretrain)
+                    run = tracker.start_run(RunKey(study["name"], label, run_seed, FINETUNE.name, _hash(rng)), parent, params, pretrain_run_id=pretrain)
                     tracker.log_artifact_text(run, names.ARTIFACT_CONFIG, config_text)
                     _log_epochs(tracker, run, epochs, rng, n_images, captions_per_image)
                     i2t, t2i = _ranks(rng, n_images, captions_per_image)

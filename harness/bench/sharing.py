@@ -15,7 +15,6 @@ its evaluation; the shared run is its measured wall time, harness overhead inclu
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections import Counter
@@ -27,9 +26,11 @@ import yaml
 
 from core.data import prepare
 from core.errors import UserError
+from core.stages import PRETRAIN, STAGES
+from harness._local import read_record
 from harness.bench.measure import ISSUE, Figure, check, figures_json, ratio_check
 from harness.execute import run_study
-from harness.plan import Plan, make_plan, stage_dir
+from harness.plan import Plan, make_plan
 from harness.study import Study, arm_config, expand_arms, load_study
 from harness.tracking import default_tracking_uri
 
@@ -76,10 +77,10 @@ def bench_sharing(study: str | Path = DEFAULT_STUDY, seeds: Sequence[int] = (0, 
         wall = time.perf_counter() - started
         if result.failed:
             raise RuntimeError(f"the benchmark study failed: {result.failed[0].error}")
-        seconds = {h: json.loads((stage_dir(workdir, h) / "record.json").read_text())["seconds"] for h in result.plan.stages}
+        seconds = {h: read_record(workdir, h).seconds for h in result.plan.stages}
     by_kind = {
         kind: Figure(tuple(seconds[h] for h, s in result.plan.stages.items() if s.kind == kind), "s")
-        for kind in ("pretrain", "finetune", "eval")
+        for kind in STAGES
         if any(s.kind == kind for s in result.plan.stages.values())
     }
     figures = {
@@ -95,8 +96,8 @@ def bench_sharing(study: str | Path = DEFAULT_STUDY, seeds: Sequence[int] = (0, 
     return {
         "figures": figures_json(figures),
         "checks": [
-            check("pre-trainings executed, shared (one per seed)", counts["shared"].get("pretrain", 0), "==", n_seeds, source=ISSUE),
-            check("pre-trainings executed, from scratch (one per arm x seed)", counts["scratch"].get("pretrain", 0), "==", n_runs, source=ISSUE),
+            check("pre-trainings executed, shared (one per seed)", counts["shared"].get(PRETRAIN.name, 0), "==", n_seeds, source=ISSUE),
+            check("pre-trainings executed, from scratch (one per arm x seed)", counts["scratch"].get(PRETRAIN.name, 0), "==", n_runs, source=ISSUE),
             ratio_check("wall time saving: scratch compute / shared wall time", scratch_s, wall_fig, ">", 1.0, ISSUE),
         ],
         "notes": [

@@ -1,7 +1,7 @@
 """Benchmark of training throughput: pairs per second of core's real fine-tuning step.
 
 Every arm is one call of ``core.train.train_stage(config, "finetune", ...)``, the trainer every
-study runs, for one epoch; its own ``train/pairs_per_s`` (pairs over the wall time of the epoch's
+study runs, for one epoch; its own ``pairs_per_s`` (pairs over the wall time of the epoch's
 loop: data loading, collation, forward, losses, backward, optimiser step; validation and
 checkpoints come after and are not counted) is the figure. Arms run round-robin, one epoch each
 per round, so that a change in the machine's load hits every arm alike; the first round warms up
@@ -31,6 +31,7 @@ from PIL import Image
 from core.config import Config
 from core.data import Split, build_splits
 from core.errors import UserError
+from core.stages import FINETUNE
 from core.train import train_stage
 from harness.bench.measure import PROPOSED, Figure, figures_json, ratio_check
 from harness.config import resolve
@@ -111,9 +112,9 @@ def bench_throughput(
         rates: dict[str, list[float]] = {name: [] for name in arms}
         for round_ in range(warmup + repeats):
             for i, (name, (config, arm_splits)) in enumerate(arms.items()):
-                result = train_stage(config, "finetune", tmp / "runs" / f"{round_}-{i}", splits=dict(arm_splits))
+                result = train_stage(config, FINETUNE.name, tmp / "runs" / f"{round_}-{i}", splits=dict(arm_splits))
                 if round_ >= warmup:
-                    rates[name].append(result.history[-1]["train/pairs_per_s"])
+                    rates[name].append(result.history[-1]["train"]["pairs_per_s"])
     figures = {name: Figure(tuple(values), "pairs/s") for name, values in rates.items()}
     cache = figures["D2S-VSE, uint8 cache"]
     checks = [

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-SECTIONS = ("data", "model", "pretrain", "finetune", "eval", "runtime")  # the config's top level
+from core.config import Config
+from core.metric_keys import RSUM
+
+SECTIONS = tuple(Config.model_fields)  # the config's top level
 # Words that read better spelled out; everything else is the key's own words.
 _WORDS = {
     "num": "number of",
@@ -38,7 +41,7 @@ def metric_label(metric: str) -> str:
     Args:
         metric: a metric key (``harness.tracking.names.METRICS``).
     """
-    if metric == "rsum":
+    if metric == RSUM:
         return "rSum"
     direction, _, kind = metric.partition("_")
     return f"{direction.upper()} {_KINDS.get(kind, kind)}"

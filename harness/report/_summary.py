@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from core.metric_keys import RECALLS, RSUM, TABLE_ORDER
+from core.stages import FINETUNE
 from harness.report._bootstrap import Delta, Ranks, paired_bootstrap_rsum
 from harness.report._labels import lower_is_better
 from harness.report._power import Power, power, shared_query_se
@@ -44,7 +45,7 @@ class Problem:
     arm: str
     seed: int | None
     status: str
-    stage: str = "finetune"
+    stage: str = FINETUNE.name
     run_id: str | None = None
     detail: str = ""
 
@@ -201,8 +202,8 @@ def study_report(
     picked = pick_runs(frame, view)
     finished = picked[picked["status"] == FINISHED]
     chosen = frame[frame["run_id"].isin(finished["run_id"])]
-    values = _prefixed(chosen, f"{split}/").drop(columns="step")
-    history = _prefixed(chosen, "val/").rename(columns={"step": "epoch"})
+    values = _prefixed(chosen, names.test_metric("", split)).drop(columns="step")
+    history = _prefixed(chosen, names.VAL_PREFIX).rename(columns={"step": "epoch"})
     history = history[history["epoch"].notna()].reset_index(drop=True)  # val/* read as latest values only
     columns = table_columns((*view.spec.metrics, metric or view.spec.metrics[0]))
     deltas, query_se, notes = _deltas(view, finished, ranks, n_resamples, level, seed)

@@ -20,6 +20,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from harness.report._labels import human_name, metric_label
 from harness.report._plots import _figure, _style
 from harness.report._sweep import SweepReport
+from harness.tracking import names
 
 __all__ = ["plot_history", "plot_importances", "plot_parallel", "plot_slice", "SWEEP_FIGURES"]
 
@@ -27,7 +28,7 @@ _CMAP = "viridis"
 
 
 def _objective_label(report: SweepReport) -> str:
-    return f"Validation {metric_label(report.objective.removeprefix('val/'))}"
+    return f"Validation {metric_label(report.objective.removeprefix(names.VAL_PREFIX))}"
 
 
 def plot_history(report: SweepReport) -> Figure | None:

@@ -8,10 +8,12 @@ from typing import Any
 
 import pandas as pd
 
+from core.metric_keys import RSUM
 from harness.report._labels import metric_label
 from harness.report._latex import STANDALONE, latex_escape
 from harness.report._sweep import SweepReport
 from harness.report._text import markdown_escape
+from harness.tracking import names
 
 __all__ = ["sweep_table", "sweep_to_latex", "sweep_to_markdown", "sweep_to_csv"]
 
@@ -27,13 +29,13 @@ def sweep_table(report: SweepReport) -> pd.DataFrame:
             "rank": rank,
             "trial": int(row.trial),
             report.objective: row.value,
-            "test/rsum": row.test_rsum,
+            names.test_metric(RSUM): row.test_rsum,
             "epochs": int(row.epochs),
             **{key: row.params.get(key) for key in report.keys},
         }
         for rank, row in enumerate(report.top.itertuples(), start=1)
     ]
-    return pd.DataFrame(rows, columns=["rank", "trial", report.objective, "test/rsum", "epochs", *report.keys])
+    return pd.DataFrame(rows, columns=["rank", "trial", report.objective, names.test_metric(RSUM), "epochs", *report.keys])
 
 
 def _caption(report: SweepReport) -> str:
@@ -49,7 +51,7 @@ def _caption(report: SweepReport) -> str:
 
 
 def _objective(report: SweepReport) -> str:
-    return f"validation {metric_label(report.objective.removeprefix('val/'))}"
+    return f"validation {metric_label(report.objective.removeprefix(names.VAL_PREFIX))}"
 
 
 def _cell(value: Any, metric: bool = False) -> str:
@@ -70,7 +72,7 @@ def sweep_to_latex(report: SweepReport, standalone: bool = False) -> str:
     """
     table = sweep_table(report)
     keys = [rf"\texttt{{{latex_escape(k)}}}" for k in report.keys]
-    header = ["\\#", "Trial", latex_escape(metric_label(report.objective.removeprefix("val/"))) + " (val)", "rSum (test)", "Epochs", *keys]
+    header = ["\\#", "Trial", latex_escape(metric_label(report.objective.removeprefix(names.VAL_PREFIX))) + " (val)", "rSum (test)", "Epochs", *keys]
     best = table[report.objective].iloc[0] if len(table) else None
     lines = [
         r"\begin{table}[t]",
@@ -106,7 +108,7 @@ def sweep_to_markdown(report: SweepReport) -> str:
         report: the sweep's report.
     """
     table = sweep_table(report)
-    header = ["#", "Trial", f"{metric_label(report.objective.removeprefix('val/'))} (val)", "rSum (test)", "Epochs"]
+    header = ["#", "Trial", f"{metric_label(report.objective.removeprefix(names.VAL_PREFIX))} (val)", "rSum (test)", "Epochs"]
     header += [f"`{k}`" for k in report.keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---:"] * len(header)) + "|"]
     for i, row in enumerate(table.itertuples(index=False)):

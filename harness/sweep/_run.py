@@ -158,7 +158,7 @@ def _open(spec: SweepSpec, storage: Any, url: str | None) -> optuna.Study:
     where = f"the Optuna storage ({safe_url(url)})"
     if stored_space is None:
         study.set_user_attr(SPACE_ATTR, space)
-        study.set_user_attr("harness.objective", spec.objective.metric)
+        study.set_user_attr(names.TAG_OBJECTIVE, spec.objective.metric)  # the same name as on its MLflow run
     elif stored_space != space:
         raise UserError(
             f"sweep '{spec.name}' in {where} searches another space ({stored_space});"

@@ -19,11 +19,12 @@ from optuna.distributions import BaseDistribution
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import UserError
+from core.metric_keys import RSUM
 from harness.config import DEFAULT_SETTING, flatten, load_yaml, resolve
 from harness.study import SEED_KEY, SettingName, SimpleName, explain_errors
 from harness.sweep import _samplers
 from harness.sweep._space import distribution
-from harness.tracking.names import METRICS, val_metric
+from harness.tracking.names import METRICS, VAL_PREFIX, val_metric
 
 __all__ = ["ParamSpec", "ObjectiveSpec", "SamplerSpec", "PrunerSpec", "SweepSpec", "load_sweep", "DEFAULT_SPEC"]
 
@@ -63,7 +64,7 @@ class ParamSpec(_Strict):
 class ObjectiveSpec(_Strict):
     """What a trial is scored by: a ``val/<metric>`` at the checkpoint the trial keeps."""
 
-    metric: str = "val/rsum"
+    metric: str = val_metric(RSUM)
     direction: Literal["maximize", "minimize"] = Field(None, validate_default=True)  # None: by metric
 
     @field_validator("metric")
@@ -78,13 +79,13 @@ class ObjectiveSpec(_Strict):
     def _direction_of_metric(cls, value: str | None, info) -> str:
         if value is not None:
             return value
-        metric = info.data.get("metric", "val/rsum")
+        metric = info.data.get("metric", val_metric(RSUM))
         return "minimize" if metric.endswith(("medr", "meanr")) else "maximize"  # ranks: lower is better
 
     @property
     def key(self) -> str:
         """The metric's key without the split (``rsum``)."""
-        return self.metric.removeprefix("val/")
+        return self.metric.removeprefix(VAL_PREFIX)
 
 
 class _Named(_Strict):

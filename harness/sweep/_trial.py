@@ -23,7 +23,8 @@ import optuna
 from optuna.trial import TrialState
 
 from core.errors import UserError
-from harness._local import RECORD
+from core.stages import STAGES
+from harness._local import RECORD, read_record
 from harness.execute import SHARED_LABEL, Task, TaskContext, TaskOutcome, TaskStopped, execute_task, plan_tasks
 from harness.plan import Plan, make_plan, stage_dir
 from harness.study import ArmSpec, Study
@@ -85,8 +86,9 @@ def run_trial(spec: SweepSpec, trial: optuna.Trial, ctx: TaskContext, overrides:
     except UserError as err:  # a sampled value the config refuses
         return TrialResult(TrialState.FAIL, reason=str(err))
     run = plan.runs[0]
-    kind = "finetune" if run.config.finetune.enabled else "pretrain"
-    objective_stage = next(h for h in run.chain if plan.stages[h].kind == kind)
+    # the objective is the last training stage's validation metric (fine-tuning, when enabled)
+    objective_stage = next(h for h in reversed(run.chain) if STAGES[plan.stages[h].kind].trains)
+    kind = plan.stages[objective_stage].kind
     tags = {
         names.TAG_TRIAL: trial.number,
         names.TAG_TRIAL_STATE: "running",
@@ -110,7 +112,7 @@ def run_trial(spec: SweepSpec, trial: optuna.Trial, ctx: TaskContext, overrides:
 
 def _tasks(plan: Plan) -> list[Task]:
     """The plan's tasks with every pre-training labelled ``shared``: the next trial finds it."""
-    return [replace(task, label=SHARED_LABEL) if task.kind == "pretrain" else task for task in plan_tasks(plan)]
+    return [replace(task, label=SHARED_LABEL) if task.kind == "shared" else task for task in plan_tasks(plan)]
 
 
 def _result(
@@ -138,19 +140,18 @@ def _stage_outcome(
     """The objective stage's per-epoch history and its best validation metrics (unprefixed): from
     the stage's record here, or, when it finished in another workdir sharing the store, from its
     tracking run (the selected epoch: the first best ``val/<select_metric>``, as the trainer picks)."""
-    record = stage_dir(Path(ctx.workdir), digest) / RECORD
-    if record.is_file():
-        stage = json.loads(record.read_text())
-        return stage.get("history", []), stage["best"]
+    if (stage_dir(Path(ctx.workdir), digest) / RECORD).is_file():
+        record = read_record(Path(ctx.workdir), digest)
+        return record.history, record.best
     if run_id is None:
         return [], {}
-    history = Tracker(ctx.tracking_uri).epoch_metrics(run_id, "val/")
+    history = Tracker(ctx.tracking_uri).epoch_metrics(run_id, names.VAL_PREFIX)
     key = names.val_metric(select_metric)
     scored = [epoch for epoch in history if key in epoch]
     if not scored:
         return history, {}
     best = max(scored, key=lambda epoch: epoch[key])  # max keeps the first of equal scores
-    return history, {name.removeprefix("val/"): value for name, value in best.items()}
+    return history, {name.removeprefix(names.VAL_PREFIX): value for name, value in best.items()}
 
 
 class _Reporter:

@@ -1,11 +1,15 @@
 """Every name the harness writes to MLflow, in one place (design.md, "Tracking store layout")."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from core import metric_keys
+from core.stages import PRETRAIN
 
 __all__ = [
     "TAG_STUDY", "TAG_ARM", "TAG_SEED", "TAG_STAGE", "TAG_CONFIG_HASH", "TAG_PRETRAIN_RUN_ID",
     "TAG_GIT_COMMIT", "TAG_GIT_DIRTY", "TAG_PARENT_RUN_ID", "METRICS", "train_metric", "val_metric",
-    "test_metric", "TRAIN_LOSS", "LR", "PAIRS_PER_S",
+    "test_metric", "epoch_metrics", "VAL_PREFIX", "TRAIN_LOSS", "LR", "PAIRS_PER_S",
     "ARTIFACT_CONFIG", "ARTIFACT_RANKS", "ARTIFACT_TRACEBACK", "ARTIFACT_GIT_DIFF",
     "STAGE_STUDY", "STAGE_PRETRAIN", "TAG_ARM_ORDER", "TAG_BASELINE", "TAG_SEEDS", "ARTIFACT_STUDY", "ARTIFACT_FIGURES",
     "STAGE_SWEEP", "TAG_TRIAL", "TAG_TRIAL_STATE", "TAG_TRIAL_PARAMS", "TAG_TRIAL_VALUE", "TAG_REQUEUE_OF",
@@ -29,7 +33,7 @@ TAG_VERSION = "harness.version.{}"  # .format(package): python, torch, timm, tra
 TAG_CUDA = "harness.cuda"
 TAG_DEVICE = "harness.device"  # the GPU's name or the CPU; a worker's --devices entry overrides it
 STAGE_STUDY = "study"  # harness.stage of the study's parent run
-STAGE_PRETRAIN = "pretrain"  # harness.stage of a shared pre-training run
+STAGE_PRETRAIN = PRETRAIN.name  # harness.stage of a shared pre-training run
 # On the parent run, so that `harness report` needs nothing but the store:
 TAG_ARM_ORDER = "harness.arm_order"  # JSON list of arm labels, in the study's order
 TAG_BASELINE = "harness.baseline"  # the arm the others are compared with
@@ -55,6 +59,19 @@ def train_metric(term: str) -> str:
 
 def val_metric(metric: str) -> str:
     return f"val/{metric}"
+
+
+VAL_PREFIX = val_metric("")  # every validation metric's name starts with it
+
+
+def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """A trainer epoch record in bare names (``{"train": {term: v}, "val": {metric: v}, "lr": v}``,
+    :data:`core.train.EpochRecord`) as metric names: ``train/<term>``, ``val/<metric>``, ``lr``."""
+    out = {train_metric(term): float(value) for term, value in record.get("train", {}).items()}
+    out |= {val_metric(metric): float(value) for metric, value in record.get("val", {}).items()}
+    if "lr" in record:
+        out[LR] = float(record["lr"])
+    return out
 
 
 def test_metric(metric: str, split: str = "test") -> str:

@@ -31,9 +31,10 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
+from core import metric_keys
 from core.errors import UserError, did_you_mean
 from harness.tracking import names
-from harness.tracking.store import sqlite_path
+from harness.tracking.store import search_runs, sqlite_path
 
 __all__ = [
     "StoredStudy", "FRAME_COLUMNS", "stored_studies", "runs_frame", "load_ranks", "log_figures",
@@ -42,8 +43,7 @@ __all__ = [
 
 # Columns of runs_frame, in order. start_time: epoch milliseconds (newest run wins a tie).
 FRAME_COLUMNS = ("study", "arm", "seed", "stage", "run_id", "status", "start_time", "metric", "value", "step")
-HISTORY_PREFIXES = ("val/",)  # per-epoch metrics read with their whole history (training curves)
-_PAGE = 1000  # runs per search_runs request
+HISTORY_PREFIXES = (names.VAL_PREFIX,)  # per-epoch metrics read with their whole history (training curves)
 # run id -> its artifact URI, from every search (a run's artifact URI never changes)
 _ARTIFACT_URIS: dict[str, str] = {}
 _STUDY_FILTER = f"tags.`{names.TAG_STAGE}` = '{names.STAGE_STUDY}'"  # the parent run
@@ -245,16 +245,9 @@ def _artifact(client: MlflowClient, run_id: str, name: str) -> Iterator[Path | N
 
 
 def _search(client: MlflowClient, experiment_id: str, query: str, order: str = "desc") -> Iterator:
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id], query, max_results=_PAGE, order_by=[f"attributes.start_time {order}"], page_token=token
-        )
-        _ARTIFACT_URIS.update((run.info.run_id, run.info.artifact_uri) for run in page)
-        yield from page
-        token = page.token
-        if not token:
-            return
+    for run in search_runs(client, experiment_id, query, order):
+        _ARTIFACT_URIS[run.info.run_id] = run.info.artifact_uri
+        yield run
 
 
 def _run_rows(client: MlflowClient, study: str, run, history: Sequence[str] | None) -> list[tuple]:
@@ -341,7 +334,7 @@ def stored_sweep(uri: str, name: str) -> StoredSweep:
     return StoredSweep(
         name=name,
         parent_run_id=parent.info.run_id,
-        objective=tags.get(names.TAG_OBJECTIVE, "val/rsum"),
+        objective=tags.get(names.TAG_OBJECTIVE, names.val_metric(metric_keys.RSUM)),
         direction=tags.get(names.TAG_DIRECTION, "maximize"),
         spec_yaml=_artifact_text(client, parent.info.run_id, names.ARTIFACT_SWEEP),
     )
@@ -367,7 +360,7 @@ def trials_frame(uri: str, sweep: StoredSweep) -> tuple[pd.DataFrame, pd.DataFra
         value = float(tags[names.TAG_TRIAL_VALUE]) if names.TAG_TRIAL_VALUE in tags else np.nan
         steps = _history(client, run.info.run_id, sweep.objective) if sweep.objective in run.data.metrics else []
         history += [(sweep.name, number, state, step, v) for step, v in steps]
-        test = run.data.metrics.get(names.test_metric("rsum"), np.nan)
+        test = run.data.metrics.get(names.test_metric(metric_keys.RSUM), np.nan)
         params = json.loads(tags.get(names.TAG_TRIAL_PARAMS, "{}"))
         requeue_of = int(tags[names.TAG_REQUEUE_OF]) if names.TAG_REQUEUE_OF in tags else None
         trials.append((sweep.name, number, state, run.info.run_id, run.info.status, params, value, len(steps), test, requeue_of))

@@ -22,15 +22,12 @@ never resumed: they keep their traceback, and a retry opens a new run.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import random
 import re
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -54,18 +51,18 @@ from mlflow.utils.validation import (
 from core.errors import UserError
 from harness._locks import flock
 from harness.tracking import lease, names
+from harness.tracking.lineage import provenance
 
 __all__ = [
-    "RunStatus", "Claim", "Tracker", "init_store", "probe_store", "default_tracking_uri", "provenance", "safe_uri",
+    "RunStatus", "RunKey", "Claim", "Tracker", "init_store", "probe_store", "default_tracking_uri", "safe_uri",
 ]
 
 RunStatus = Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-PACKAGES = ("torch", "timm", "transformers", "mlflow")
 TRUNCATED = "...[truncated]"
 PROBE_TIMEOUT_S = 5  # seconds a tracking server or database has to answer before any work starts
 SQL_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow retries these for ~100 s: ping them first
 SCHEMES = ("sqlite", "http", "https", "file", "databricks", "databricks-uc", "uc", *SQL_SCHEMES)  # MLflow's
+PAGE_SIZE = 1000  # runs per search request
 CLAIM_ATTEMPTS = 5  # two processes that open the same run at once both step back, then try again
 
 
@@ -217,42 +214,20 @@ def _first_line(err: BaseException, limit: int = 240) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def provenance(project_dir: str | os.PathLike = PROJECT_DIR) -> dict[str, Any]:
-    """Where a result comes from: the code (git), the packages and the machine.
+@dataclass(frozen=True)
+class RunKey:
+    """What identifies a tracked stage run: one stage (its content hash) of one (arm, seed) of a
+    study. ``arm`` None: any arm (a stage shared by several arms); ``seed`` None: any seed."""
 
-    Returns ``{"git_commit": str | None, "git_dirty": bool | None, "git_diff": str,
-    "versions": {package: version}, "cuda": str | None, "device": str}``; the git fields are None
-    outside a git work tree or without git. ``git_diff`` holds the changes against HEAD and lists
-    untracked files, when dirty.
+    study: str
+    arm: str | None
+    seed: int | None
+    stage: str  # pretrain | finetune | eval (core.stages)
+    config_hash: str
 
-    Args:
-        project_dir: the project's folder (the git work tree).
-    """
-    commit = _git(project_dir, "rev-parse", "HEAD")
-    dirty, diff = None, ""
-    if commit is not None:
-        status = _git(project_dir, "status", "--porcelain") or ""
-        dirty = bool(status.strip())
-        if dirty:
-            untracked = (_git(project_dir, "ls-files", "--others", "--exclude-standard") or "").split()
-            diff = (_git(project_dir, "diff", "HEAD") or "") + "".join(f"# untracked: {p}\n" for p in untracked)
-    import torch  # late: seconds to import, and only provenance needs it here
-
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    cuda = torch.cuda.is_available()
-    return {
-        "git_commit": commit.strip() if commit else None,
-        "git_dirty": dirty,
-        "git_diff": diff,
-        "versions": versions,
-        "cuda": torch.version.cuda,
-        "device": torch.cuda.get_device_name(0) if cuda else (platform.processor() or platform.machine() or "cpu"),
-    }
+    def describe(self) -> str:
+        arm = f"arm '{self.arm}'" if self.arm is not None else "shared stage"
+        return f"{self.stage} run of {arm} seed {self.seed} in study {self.study}"
 
 
 class Tracker:
@@ -292,18 +267,14 @@ class Tracker:
 
     def claim_run(
         self,
-        study: str,
-        arm: str,
-        seed: int,
-        stage: str,
-        config_hash: str,
+        key: RunKey,
         parent_run_id: str,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
         *,
+        label: str | None = None,
         pretrain_run_id: str | None = None,
         retry_failed: bool = False,
-        any_arm: bool = False,
     ) -> Claim:
         """Open the run of one stage of one (arm, seed) for this process, unless the store says
         the work is done, failed, or owned by a live process (:func:`harness.tracking.lease.decide`).
@@ -315,30 +286,27 @@ class Tracker:
         its run (both may step back: they try again after a random pause).
 
         Args:
-            study: the study name (the experiment).
-            arm: the arm's label.
-            seed: the run's seed.
-            stage: ``pretrain``, ``finetune`` or ``eval``.
-            config_hash: the stage's content hash.
+            key: the run's key (``arm`` None: a shared stage, whichever arms ran it).
             parent_run_id: the study's parent run (:meth:`study_run`).
             params: the flattened resolved config; values longer than MLflow's limit are
                 truncated (the full config is the ``config.yaml`` artifact). A resumed run keeps
                 the values it has: they agree on every hashed field.
             tags: extra tags (they override the standard ones, e.g. the worker's device).
+            label: the ``harness.arm`` tag; default ``key.arm`` (a shared stage's label says how
+                many arms of the current plan share it, not what it computed).
             pretrain_run_id: the pre-training's run, on finetune runs.
             retry_failed: a key whose last attempt FAILED gets a new run (else: ``failed``).
-            any_arm: the key ignores the arm label (a shared stage: its label says how many arms
-                of the current plan share it, not what it computed).
         """
-        experiment = self._experiment(study, create=True)
+        arm = label if label is not None else key.arm
+        experiment = self._experiment(key.study, create=True)
         me = lease.this_process()
         origin = self._origin()
         all_tags = {
-            names.TAG_STUDY: study,
+            names.TAG_STUDY: key.study,
             names.TAG_ARM: arm,
-            names.TAG_SEED: str(seed),
-            names.TAG_STAGE: stage,
-            names.TAG_CONFIG_HASH: config_hash,
+            names.TAG_SEED: str(key.seed),
+            names.TAG_STAGE: key.stage,
+            names.TAG_CONFIG_HASH: key.config_hash,
             names.TAG_PARENT_RUN_ID: parent_run_id,
             **origin["tags"],
             **({names.TAG_PRETRAIN_RUN_ID: pretrain_run_id} if pretrain_run_id else {}),
@@ -346,8 +314,7 @@ class Tracker:
         }
         values = {key: _param_value(value) for key, value in (params or {}).items()}
         for _ in range(CLAIM_ATTEMPTS):
-            key = (study, None if any_arm else arm, seed, stage, config_hash)
-            decision = lease.decide(self._runs_of(*key), time.time(), me, retry_failed)
+            decision = lease.decide(self._runs_of(key), time.time(), me, retry_failed)
             if decision.kind in ("finished", "failed", "busy"):
                 return Claim(decision.kind, decision.run.run_id, decision.owner)
             owned = {names.TAG_OWNER: me.tag(), names.TAG_HEARTBEAT: f"{time.time():.0f}"}
@@ -363,9 +330,9 @@ class Tracker:
                 self._log(run_id, tags=all_tags)
                 values = {key: value for key, value in values.items() if key not in current.data.params}
             else:
-                run_name = f"{arm} seed={seed} {stage}"
+                run_name = f"{arm} seed={key.seed} {key.stage}"
                 run_id = self._client.create_run(experiment, tags=_tag_values({**all_tags, **owned}), run_name=run_name).info.run_id
-                rivals = [r for r in self._runs_of(*key) if r.run_id != run_id]
+                rivals = [r for r in self._runs_of(key) if r.run_id != run_id]
                 rival = lease.decide(rivals, time.time(), me, retry_failed=True)
                 if rival.kind in ("finished", "busy"):
                     self._client.delete_run(run_id)
@@ -380,17 +347,17 @@ class Tracker:
             return Claim("owned", run_id, me)
         return Claim("busy", None, None)
 
-    def start_run(self, study: str, arm: str, seed: int, stage: str, *args: Any, **kwargs: Any) -> str:
+    def start_run(self, key: RunKey, *args: Any, **kwargs: Any) -> str:
         """:meth:`claim_run` (same arguments; a FAILED run is always retried) that must succeed:
         a new run, a retry of a FAILED one, or the resumed run of a dead process; returns its id.
 
         Raises:
             UserError: the key has a FINISHED run, or a live process owns it.
         """
-        claim = self.claim_run(study, arm, seed, stage, *args, **{**kwargs, "retry_failed": True})
+        claim = self.claim_run(key, *args, **{**kwargs, "retry_failed": True})
         if claim.kind != "owned":
             by = f" (owned by {claim.owner.describe()})" if claim.owner is not None else ""
-            raise UserError(f"the {stage} run of arm '{arm}' seed {seed} in study {study} is {claim.kind}{by}")
+            raise UserError(f"the {key.describe()} is {claim.kind}{by}")
         return claim.run_id
 
     def end_owned_runs(self, status: RunStatus = "KILLED") -> list[str]:
@@ -413,26 +380,14 @@ class Tracker:
         """
         return self._heartbeat().lost(run_id)
 
-    def find_run(
-        self,
-        study: str,
-        arm: str | None,
-        seed: int | None,
-        stage: str,
-        config_hash: str,
-        status: RunStatus = "FINISHED",
-    ) -> str | None:
-        """The latest run of (arm, seed, stage) with this config hash and status, or None.
+    def find_run(self, key: RunKey, status: RunStatus = "FINISHED") -> str | None:
+        """The latest run of the key with this status, or None.
 
         Args:
-            study: the study name.
-            arm: the arm's label; None: any arm (a stage shared by several arms).
-            seed: the seed; None: any seed.
-            stage: the stage.
-            config_hash: the stage's content hash.
+            key: the run's key (``arm`` / ``seed`` None: any).
             status: the run status to look for (FINISHED: work that a re-run skips).
         """
-        return self._find(study, arm, seed, stage, config_hash, (status,))
+        return self._find(key, (status,))
 
     def reap_unfinished(self, study: str, status: RunStatus = "KILLED") -> list[str]:
         """Mark the study's stage runs left RUNNING by dead processes as ``status``; returns their
@@ -609,41 +564,29 @@ class Tracker:
         self._experiments[study] = experiment_id
         return experiment_id
 
-    def _find(
-        self, study: str, arm: str | None, seed: int | None, stage: str, config_hash: str, statuses: tuple[str, ...]
-    ) -> str | None:
-        runs = self._runs_of(study, arm, seed, stage, config_hash)
-        return next((run.run_id for run in runs if run.status in statuses), None)
+    def _find(self, key: RunKey, statuses: tuple[str, ...]) -> str | None:
+        return next((run.run_id for run in self._runs_of(key) if run.status in statuses), None)
 
-    def _runs_of(self, study: str, arm: str | None, seed: int | None, stage: str, config_hash: str) -> list[lease.RunView]:
+    def _runs_of(self, key: RunKey) -> list[lease.RunView]:
         """A run key's runs (deleted ones excluded), newest first."""
-        experiment = self._experiment(study, create=False)
+        experiment = self._experiment(key.study, create=False)
         if experiment is None:
             return []
         query = (
-            f"tags.`{names.TAG_STAGE}` = {_quote(stage)} and tags.`{names.TAG_CONFIG_HASH}` = {_quote(config_hash)}"
+            f"tags.`{names.TAG_STAGE}` = {_quote(key.stage)} and tags.`{names.TAG_CONFIG_HASH}` = {_quote(key.config_hash)}"
         )
         return [
             lease.RunView(run.info.run_id, run.info.status, run.data.tags, run.info.start_time)
             for run in self._search(experiment, query)
-            if (arm is None or run.data.tags.get(names.TAG_ARM) == arm)
-            and (seed is None or run.data.tags.get(names.TAG_SEED) == str(seed))
+            if (key.arm is None or run.data.tags.get(names.TAG_ARM) == key.arm)
+            and (key.seed is None or run.data.tags.get(names.TAG_SEED) == str(key.seed))
         ]
 
     def _heartbeat(self) -> lease.Heartbeat:
         return _heartbeat_for(self.uri)
 
     def _search(self, experiment: str, query: str, order: str = "desc") -> Iterator[Any]:
-        """Every run matching ``query``, paging through the results."""
-        token = None
-        while True:
-            page = self._client.search_runs(
-                [experiment], query, max_results=1000, order_by=[f"attributes.start_time {order}"], page_token=token
-            )
-            yield from page
-            token = page.token
-            if not token:
-                return
+        return search_runs(self._client, experiment, query, order)
 
     def _log(
         self,
@@ -717,6 +660,27 @@ def _holders(tags: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------- helpers
+def search_runs(client: MlflowClient, experiment_id: str, query: str, order: str = "desc") -> Iterator[Any]:
+    """Every run of an experiment matching ``query``, by start time (``order``), paging through
+    MLflow's results (at most :data:`PAGE_SIZE` runs per request).
+
+    Args:
+        client: the store's client.
+        experiment_id: the experiment.
+        query: an MLflow filter string ("" for all).
+        order: ``desc`` (newest first) or ``asc``.
+    """
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], query, max_results=PAGE_SIZE, order_by=[f"attributes.start_time {order}"], page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (None for other schemes and in-memory SQLite)."""
     prefix = "sqlite:///"
@@ -730,17 +694,6 @@ def _artifact_root(uri: str) -> str | None:
     whatever folder the process runs in); a server decides for itself (None)."""
     db = sqlite_path(uri)
     return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
-
-
-def _git(project_dir: str | os.PathLike, *args: str) -> str | None:
-    """A git command's output, or None when git is missing or the folder is not a work tree."""
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=project_dir, capture_output=True, text=True, timeout=60, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
 
 
 def _param_value(value: Any) -> str:

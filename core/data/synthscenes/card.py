@@ -14,6 +14,7 @@ from core.data.cache import cache_side
 from core.data.synthscenes import build, records
 from core.data.synthscenes.captions import caption_is_true
 from core.errors import UserError
+from core.metric_keys import recall_key
 
 __all__ = ["card"]
 
@@ -35,7 +36,7 @@ def _chance_i2t(n_texts: int, per_image: int, k: int) -> float:
 def _ceiling(images_per_query: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
     """Text-to-image recall (percent) of a model that ranks first, in random order, the m images
     a query is equally true of: the own image is in the top k with probability min(1, k / m)."""
-    return {f"t2i_r{k}": round(100 * float(np.minimum(1.0, k / images_per_query).mean()), 2) for k in ks}
+    return {recall_key("t2i", k): round(100 * float(np.minimum(1.0, k / images_per_query).mean()), 2) for k in ks}
 
 
 def card(data_cfg: DataConfig, cache_dir: Path, fold_size: int | None = None) -> dict:
@@ -101,8 +102,8 @@ def card(data_cfg: DataConfig, cache_dir: Path, fold_size: int | None = None) ->
             "dense_t2i_ceiling": _ceiling(per_dense, ks),
         },
         "chance_recall": {
-            **{f"i2t_r{k}": round(100 * _chance_i2t(n_txt, cfg.captions_per_image, k), 2) for k in ks},
-            **{f"t2i_r{k}": round(100 * k / n_img, 2) for k in ks},
+            **{recall_key("i2t", k): round(100 * _chance_i2t(n_txt, cfg.captions_per_image, k), 2) for k in ks},
+            **{recall_key("t2i", k): round(100 * k / n_img, 2) for k in ks},
         },
     }
 
