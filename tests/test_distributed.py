@@ -1,5 +1,6 @@
 """Two CPU processes (gloo), each holding half of a global batch, train exactly like one process
-holding all of it: same loss values, and after DDP's gradient averaging the same gradients."""
+holding all of it: same loss values, and after DDP's gradient averaging the same gradients; for
+each loss alone, and through the trainer's own step (``core.train.train_stage`` under DDP)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,62 @@ def test_two_processes_match_one_process_on_the_global_batch(runs, case):
             # "param/*": the losses' own parameters already get the full gradient on each process
             assert value is not None, f"{case}: {key} got no gradient"
             torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-5, msg=f"{case} rank {rank} {key}")
+
+
+# ------------------------------------------------------------------ the trainer's own DDP path
+TINY = Path(__file__).resolve().parent / "data" / "tiny.yaml"
+# no randomness that depends on which process holds a pair: dropout off (token features, the
+# text backbone's own), the ViT's LayerNorms instead of a CNN's per-process BatchNorm statistics
+DETERMINISTIC = {
+    "pretrain.enabled": False,
+    "finetune.epochs": 2,
+    "finetune.structure.enabled": True,  # every loss term of fine-tuning, from one dict of inputs
+    "runtime.log_every_steps": 1,
+    "model.text.dropout": 0.0,
+    "model.text.config_overrides.hidden_dropout_prob": 0.0,
+    "model.text.config_overrides.attention_probs_dropout_prob": 0.0,
+}
+
+
+def _train(rank: int, world: int, init_file: str, out_dir: str, config_json: str) -> None:
+    from core.config import Config
+    from core.stages import FINETUNE
+    from core.train import train_stage
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        steps: list[float] = []
+        record = lambda event: steps.append(event.metrics["train"]["loss"]) if event.kind == "step" else None  # noqa: E731
+        out = Path(out_dir)
+        result = train_stage(Config.model_validate_json(config_json), FINETUNE.name, out / "stage", callback=record, cache_dir=out / "data")
+        torch.save({"steps": steps, "best": result.best_metrics}, out / f"rank{rank}.pt")
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def test_the_trainer_on_two_processes_takes_the_steps_of_one_process_on_the_global_batch(tmp_path):
+    from core.data import build_splits
+    from core.stages import BEST_CHECKPOINT, LAST_CHECKPOINT
+    from harness.config import resolve
+
+    config = resolve(TINY, DETERMINISTIC)
+    build_splits(config.data, tmp_path / "one" / "data")  # the data cache exists before the processes start
+    build_splits(config.data, tmp_path / "two" / "data")
+    threads = torch.get_num_threads()
+    try:
+        _train(0, 1, "", str(tmp_path / "one"), config.model_dump_json())
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_train, args=(WORLD, str(tmp_path / "init"), str(tmp_path / "two"), config.model_dump_json()), nprocs=WORLD, join=True)
+    one = torch.load(tmp_path / "one" / "rank0.pt")
+    assert len(one["steps"]) == 2 * (48 * 2 // 16)  # 2 epochs of 96 pairs in batches of 16
+    for rank in range(WORLD):
+        two = torch.load(tmp_path / "two" / f"rank{rank}.pt")
+        # the loss of every step (after the optimiser steps before it) and the selected checkpoint's metrics
+        torch.testing.assert_close(torch.tensor(two["steps"]), torch.tensor(one["steps"]), rtol=1e-5, atol=1e-5)
+        assert two["best"] == pytest.approx(one["best"], abs=1e-4)
+    stage = tmp_path / "two" / "stage"
+    assert sorted(p.name for p in stage.glob("*.safetensors")) == sorted([BEST_CHECKPOINT, LAST_CHECKPOINT])
