@@ -16,6 +16,7 @@ from core.config import Config
 from core.data import Split, eval_images
 from core.metrics import kfold, metrics_from_ranks, retrieval_ranks
 from core.model import D2SVSE
+from core.runtime import world
 
 __all__ = ["EvalResult", "embed_split", "evaluate"]
 
@@ -31,15 +32,45 @@ class EvalResult:
 
 @torch.no_grad()
 def embed_split(model: D2SVSE, split: Split, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed every image and every sparse caption of ``split`` once: ``(N, D)`` and ``(M, D)``."""
+    """Embed every image and every sparse caption of ``split`` once: ``(N, D)`` and ``(M, D)``.
+
+    Under torch.distributed each process embeds a contiguous share of the images and of the
+    captions, and every process gets the whole gathered matrices (rows in split order)."""
     model.eval()
     batch = config.eval.batch_size
+    rank, world_size = world()
+    mine = [_share(len(split.images), rank, world_size), _share(len(split.captions), rank, world_size)]
     images = [
-        model.embed_images(eval_images(split.images, range(i, min(i + batch, len(split.images))), config.data.image_size).to(device))
-        for i in range(0, len(split.images), batch)
+        model.embed_images(eval_images(split.images, range(i, min(i + batch, mine[0].stop)), config.data.image_size).to(device))
+        for i in range(mine[0].start, mine[0].stop, batch)
     ]
-    texts = [model.embed_texts(split.captions[i : i + batch]) for i in range(0, len(split.captions), batch)]
-    return torch.cat(images).float(), torch.cat(texts).float()
+    texts = [model.embed_texts(split.captions[i : min(i + batch, mine[1].stop)]) for i in range(mine[1].start, mine[1].stop, batch)]
+    dim = model.config.embed_dim
+    image_emb = torch.cat(images).float() if images else torch.empty(0, dim, device=device)
+    text_emb = torch.cat(texts).float() if texts else torch.empty(0, dim, device=device)
+    if world_size == 1:
+        return image_emb, text_emb
+    return _gather_rows(image_emb, len(split.images)), _gather_rows(text_emb, len(split.captions))
+
+
+def _share(n: int, rank: int, world_size: int) -> range:
+    """Rank ``rank``'s contiguous share of ``n`` rows (the first ``n % world_size`` ranks take one more)."""
+    size, extra = divmod(n, world_size)
+    start = rank * size + min(rank, extra)
+    return range(start, start + size + (rank < extra))
+
+
+def _gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's share (:func:`_share`), in rank order: the ``(n, D)`` matrix on every process."""
+    import torch.distributed as dist
+
+    rank, world_size = world()
+    longest = len(_share(n, 0, world_size))
+    padded = torch.zeros(longest, local.shape[1], dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)  # all_gather needs one shape: shares differ by at most a row
+    return torch.cat([part[: len(_share(n, r, world_size))] for r, part in enumerate(parts)])
 
 
 def evaluate(model: D2SVSE, split: Split, config: Config, device: torch.device | str = "cpu") -> EvalResult:

@@ -29,6 +29,7 @@ __all__ = [
     "autocast_dtype",
     "seed_everything",
     "world",
+    "init_distributed",
     "usable_cores",
 ]
 
@@ -130,6 +131,30 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def init_distributed(device_name: str) -> torch.device:
+    """Join the process group a launcher (torchrun, ``torch.distributed.run``) set up through the
+    environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``), and return this
+    process's device: NCCL and ``cuda:LOCAL_RANK`` on GPUs, gloo on the CPU. Without a launcher
+    (``WORLD_SIZE`` unset or 1) nothing is joined and the device is ``device_name``'s.
+
+    Args:
+        device_name: ``runtime.device`` (``auto``, ``cpu``, ``cuda``; an index is replaced by the
+            local rank's).
+    """
+    import torch
+    import torch.distributed as dist
+
+    device = resolve_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
 
 
 def usable_cores() -> int:

@@ -42,7 +42,7 @@ from core.errors import UserError
 from core.evaluate import evaluate
 from core.losses import build_losses
 from core.model import D2SVSE, build_model
-from core.runtime import autocast_dtype, resolve_device, seed_everything, world
+from core.runtime import autocast_dtype, init_distributed, seed_everything, world
 from core.stages import BEST_CHECKPOINT, LAST_CHECKPOINT, STAGES, TrainingStage
 from core.teachers import build_teachers
 
@@ -190,7 +190,7 @@ def train_stage(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    device = resolve_device(config.runtime.device)
+    device = init_distributed(config.runtime.device)  # joins a launcher's process group (torchrun)
     rank, world_size = world()
     if section.batch_size % world_size:
         raise UserError(f"{stage}.batch_size={section.batch_size} is not divisible by {world_size} processes")

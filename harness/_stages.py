@@ -1,4 +1,5 @@
-"""Running one stage in this process: training (pretrain / finetune) or the test evaluation.
+"""Running one stage: training (pretrain / finetune) or the test evaluation, in this process or
+on several processes under torch's launcher (:mod:`harness._rank`).
 
 Imported lazily by the executor so that planning, dry runs and the scheduler never load torch
 models. A stage writes its outputs into its own folder and returns a JSON-able record
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +24,13 @@ import numpy as np
 from core.config import Config
 from core.data import Split, build_splits
 from core.evaluate import evaluate
-from core.runtime import resolve_device
+from core.files import atomic_write_text
+from core.runtime import init_distributed, world
 from core.stages import BEST_CHECKPOINT, STAGES
-from core.train import load_model, train_stage
+from core.train import Event, load_model, train_stage
+from harness import _rank
 from harness._local import StageOutputs
+from harness._rank import Launch
 from harness.plan import StageRecord
 from harness.tracking import names
 
@@ -56,31 +63,102 @@ def run_stage(
     workdir: Path,
     device: str | None,
     on_event: Callable[[Any], None],
+    launch: Launch = Launch(),
 ) -> StageOutputs:
-    """Run ``stage`` into ``out_dir`` (resuming a partial one) and return its record."""
+    """Run ``stage`` into ``out_dir`` (resuming a partial one) and return its record: in this
+    process, or on ``launch.world_size`` processes started by torch's launcher."""
     config = _on_device(stage.config, device)
+    splits_for(config, workdir)  # the data cache, prepared once before any rank opens it
+    started = time.perf_counter()
+    if launch.world_size > 1:
+        record = _run_launched(stage, config, out_dir, parent_dir, workdir, on_event, launch)
+    else:
+        record = run_here(config, stage.kind, out_dir, parent_dir, workdir, on_event)
+    return dataclasses.replace(record, seconds=time.perf_counter() - started)
+
+
+def run_here(
+    config: Config, kind: str, out_dir: Path, parent_dir: Path | None, workdir: Path, on_event: Callable[[Any], None]
+) -> StageOutputs:
+    """The stage's work in this process (one rank of a launched stage, or the only process)."""
     splits = splits_for(config, workdir)
     init_from = parent_dir / BEST_CHECKPOINT if parent_dir is not None else None
-    started = time.perf_counter()
-    if not STAGES[stage.kind].trains:
-        record = _evaluate_test(config, init_from, out_dir, splits)
-    else:
-        # the trainer speaks bare names; from here on its metrics carry the store's names
-        def named(event: Any) -> None:
-            on_event(dataclasses.replace(event, metrics=names.epoch_metrics(event.metrics)))
+    if not STAGES[kind].trains:
+        return _evaluate_test(config, init_from, out_dir, splits)
 
-        result = train_stage(config, stage.kind, out_dir, init_from=init_from, callback=named, splits=splits)
-        history = [names.epoch_metrics(epoch) for epoch in result.history]
-        record = StageOutputs(history, result.best_metrics, result.best_epoch, checkpoint_seconds=result.checkpoint_seconds)
-    return dataclasses.replace(record, seconds=time.perf_counter() - started)
+    # the trainer speaks bare names; from here on its metrics carry the store's names
+    def named(event: Any) -> None:
+        on_event(dataclasses.replace(event, metrics=names.epoch_metrics(event.metrics)))
+
+    result = train_stage(config, kind, out_dir, init_from=init_from, callback=named, splits=splits)
+    history = [names.epoch_metrics(epoch) for epoch in result.history]
+    return StageOutputs(history, result.best_metrics, result.best_epoch, checkpoint_seconds=result.checkpoint_seconds)
+
+
+def _run_launched(
+    stage: StageRecord,
+    config: Config,
+    out_dir: Path,
+    parent_dir: Path | None,
+    workdir: Path,
+    on_event: Callable[[Any], None],
+    launch: Launch,
+) -> StageOutputs:
+    """The stage under ``python -m torch.distributed.run``; rank 0's events are forwarded to
+    ``on_event`` as they come (an exception from it, a pruned trial's, stops the ranks)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (_rank.EVENTS_FILE, _rank.RESULT_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    spec = {
+        "config": config.model_dump_json(), "kind": stage.kind, "out_dir": str(out_dir),
+        "parent_dir": str(parent_dir) if parent_dir else None, "workdir": str(workdir),
+    }  # fmt: skip
+    atomic_write_text(out_dir / _rank.LAUNCH_FILE, json.dumps(spec))
+    command = [*launch.command(stage.hash), "-m", "harness._rank", str(out_dir / _rank.LAUNCH_FILE)]
+    with open(out_dir / _rank.LOG_FILE, "a", encoding="utf-8") as log:
+        ranks = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            read = 0
+            while True:
+                code = ranks.poll()
+                read = _forward_events(out_dir / _rank.EVENTS_FILE, read, on_event)
+                if code is not None:
+                    break
+                time.sleep(0.2)
+        except BaseException:  # a stopped trial, Ctrl-C: the ranks must not outlive the task
+            os.killpg(ranks.pid, signal.SIGTERM)
+            ranks.wait()
+            raise
+    if code != 0 or not (out_dir / _rank.RESULT_FILE).is_file():
+        tail = "\n".join((out_dir / _rank.LOG_FILE).read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{stage.kind} on {launch.world_size} processes: the launcher exited with {code}; the end of {out_dir / _rank.LOG_FILE}:\n{tail}")
+    outputs = StageOutputs.from_json((out_dir / _rank.RESULT_FILE).read_text(encoding="utf-8"))
+    for name in (_rank.EVENTS_FILE, _rank.RESULT_FILE):  # handed on; launch.json and the log stay
+        (out_dir / name).unlink()
+    return outputs
+
+
+def _forward_events(path: Path, read: int, on_event: Callable[[Any], None]) -> int:
+    """Hand on the whole lines appended to ``path`` since byte ``read``; returns the new offset."""
+    if not path.is_file():
+        return read
+    with open(path, "rb") as events:
+        events.seek(read)
+        chunk = events.read()
+    whole = chunk[: chunk.rfind(b"\n") + 1]
+    for line in whole.decode("utf-8").splitlines():
+        on_event(Event(**json.loads(line)))
+    return read + len(whole)
 
 
 def _evaluate_test(config: Config, checkpoint: Path | None, out_dir: Path, splits: dict[str, Split]) -> StageOutputs:
     """The test split, once, at the selected checkpoint; per-query ranks saved for significance."""
     if checkpoint is None:
         raise ValueError("the eval stage needs a trained parent stage")
-    device = resolve_device(config.runtime.device)
+    device = init_distributed(config.runtime.device)
     result = evaluate(load_model(config, checkpoint, device), splits["test"], config, device=device)
+    if world()[0] != 0:  # every rank has the whole result; rank 0 writes it
+        return StageOutputs()
     out_dir.mkdir(parents=True, exist_ok=True)
     if result.fold_metrics is not None and config.eval.test_on == "folds":
         # the fold protocol is the result: its means, and ranks within folds for the bootstrap

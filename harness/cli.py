@@ -131,21 +131,27 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", help="Run a plan larger than --max-runs")] = False,
     max_runs: Annotated[int, typer.Option(min=1, help="(arm, seed) runs above which the run asks for --yes")] = 500,
     share_checkpoints: Annotated[bool, typer.Option(help="Log pre-trainings' best checkpoints to the store: other workdirs fetch them instead of training them again")] = False,
+    nproc_per_node: Annotated[int, typer.Option(min=1, help="Processes per stage on this machine (torchrun's option; one GPU each)")] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="Machines per stage (torchrun's option; start harness run on each)")] = 1,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT where the nodes of a stage meet (--nnodes > 1)")] = None,
 ):
     """Expand a study into runs, share and cache stages, execute, and track them in MLflow."""
     from harness import console as ui
+    from harness._rank import Launch
     from harness._signals import terminate_as_interrupt
     from harness.execute import StudyInterrupted, plan_study, run_study
     from harness.plan import stage_status
-    from harness.preflight import check_workdir
+    from harness.preflight import check_launch, check_workdir
 
     workdir_given = workdir is not None
     workdir = resolve_workdir(workdir)
     seed_list = parse_seeds(seeds) if seeds is not None else None
     device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
+    launch = Launch(nproc_per_node, nnodes, rdzv_endpoint)
     if dry_run:
         check_workdir(workdir, create=False)
         _, plan, tasks = plan_study(study, tuple(set_), seed_list, setting, device_list)
+        check_launch(plan, launch, device_list)
         ui.print_plan(plan, tasks, stage_status(plan, workdir))
         if len(plan.runs) > max_runs:
             console.print(f"{len(plan.runs)} runs are more than --max-runs {max_runs}: harness run will ask for --yes")
@@ -168,9 +174,14 @@ def run(
                 setting=setting,
                 max_runs=None if yes else max_runs,
                 share_checkpoints=share_checkpoints,
+                launch=launch,
             )
     except StudyInterrupted as stop:
-        same = _repeat_options(set=set_, seeds=seeds, setting=setting, workers=workers if workers > 1 else None, devices=devices)
+        same = _repeat_options(
+            set=set_, seeds=seeds, setting=setting, workers=workers if workers > 1 else None, devices=devices,
+            nproc_per_node=nproc_per_node if nproc_per_node > 1 else None, nnodes=nnodes if nnodes > 1 else None,
+            rdzv_endpoint=rdzv_endpoint,
+        )  # fmt: skip
         console.print(f"[bold]interrupted:[/] {escape(str(stop))}", highlight=False, soft_wrap=True)
         console.print(f"resume with: harness run {shlex.quote(str(study))}{given}{same}", highlight=False, soft_wrap=True)
         raise typer.Exit(INTERRUPTED) from None

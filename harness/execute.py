@@ -42,10 +42,11 @@ from core.runtime import usable_cores
 from core.stages import STAGES
 from harness import _local
 from harness._locks import flock
+from harness._rank import Launch
 from harness._signals import terminate_as_interrupt
 from harness.config import config_to_yaml, flatten
 from harness.plan import DONE, Plan, RunRecord, StageRecord, make_plan, stage_dir
-from harness.preflight import check_plan, check_plan_size, check_workdir
+from harness.preflight import check_launch, check_plan, check_plan_size, check_workdir
 from harness.study import Study, load_study
 from harness.tracking import names
 
@@ -218,6 +219,7 @@ def run_study(
     setting: str | None = None,
     max_runs: int | None = None,
     share_checkpoints: bool = False,
+    launch: Launch = Launch(),
 ) -> StudyResult:
     """Run a study: plan and check, lock, execute tasks (cached ones replayed), track everything.
 
@@ -236,6 +238,8 @@ def run_study(
         max_runs: refuse a plan of more (arm, seed) runs than this (None: no limit).
         share_checkpoints: log each pre-training's best checkpoint to the store, so workdirs
             that share only the store fetch it instead of training it again.
+        launch: processes per stage (``--nproc-per-node``, ``--nnodes``): more than one runs
+            each stage under torch's launcher, one tracking run still.
 
     Raises:
         UserError: a bad study, plan, workdir or store, before any work.
@@ -245,6 +249,7 @@ def run_study(
 
     reporter = reporter or Reporter()
     study, plan, tasks = plan_study(path, overrides, seeds, setting, devices, max_runs)
+    check_launch(plan, launch, devices)
     workdir = Path(workdir)
     check_workdir(workdir)
     with study_lock(workdir, study.name):
@@ -254,7 +259,7 @@ def run_study(
         parent = tracker.study_run(study.name, study.description)
         tracker.reap_unfinished(study.name)  # runs of dead processes; live ones (other workdirs) stay
         _log_study(tracker, parent, study, path, plan)
-        context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov, share_checkpoints)
+        context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov, share_checkpoints, launch)
         reporter.start(tasks)
         slots = list(devices) or [None] * max(1, workers)
         running: dict[str, Task] = {}
@@ -286,6 +291,7 @@ class TaskContext:
     retry_failed: bool
     provenance: dict[str, Any]
     share_checkpoints: bool = False  # log pre-trainings' best checkpoints to the store
+    launch: Launch = Launch()  # processes per stage (torch's launcher when more than one)
 
 
 def _log_study(tracker: Tracker, parent: str, study: Study, path: Path, plan: Plan) -> None:
@@ -542,7 +548,7 @@ def _run_stages(
             if cached:
                 record = _local.read_record(workdir, stage.hash)
             else:
-                record = _checked(lambda: run_stage(stage, out, parent_out, workdir, device, live), workdir, task)
+                record = _checked(lambda: run_stage(stage, out, parent_out, workdir, device, live, ctx.launch), workdir, task)
                 _local.finish_stage(workdir, stage.hash, record)
         all_cached &= cached
         # Replay what the run lacks: a cached stage, or epochs a killed attempt never logged.
@@ -574,7 +580,7 @@ def _parent_here(stage: StageRecord, ctx: TaskContext, tracker: Tracker, device:
         return finished is not None and tracker.fetch_stage_checkpoint(finished, out) is not None
 
     def run(out: Path) -> _local.StageOutputs:
-        return run_stage(stage, out, None, workdir, device, on_event)
+        return run_stage(stage, out, None, workdir, device, on_event, ctx.launch)
 
     how = _local.make_present(stage, workdir, fetch, run)
     if how != "here" and finished is not None:

@@ -16,10 +16,11 @@ from pathlib import Path
 from core.config import Config
 from core.errors import UserError
 from core.stages import TRAINING_STAGES
+from harness._rank import Launch
 from harness.plan import Plan
 from harness.study import Study, expand_arms
 
-__all__ = ["DEFAULT_MAX_RUNS", "check_plan", "check_plan_size", "check_workdir"]
+__all__ = ["DEFAULT_MAX_RUNS", "check_plan", "check_launch", "check_plan_size", "check_workdir"]
 
 DEFAULT_MAX_RUNS = 500  # (arm, seed) runs above which `harness run` asks for --yes
 
@@ -49,6 +50,31 @@ def check_plan(plan: Plan, devices: Sequence[str] = ()) -> None:
             raise UserError(f"study {plan.study.name}, arm '{run.arm.label}': {err}") from None
     for device in devices:
         check_device(device, "--devices")
+
+
+def check_launch(plan: Plan, launch: Launch, devices: Sequence[str] = ()) -> None:
+    """That a stage can run on ``launch.world_size`` processes: every training stage's global
+    batch splits evenly between them, several nodes have a rendezvous, and ``--devices`` (one
+    worker per device) is not asked for as well.
+
+    Raises:
+        UserError: naming the option, and the arm and key whose value does not fit.
+    """
+    if launch.world_size == 1:
+        return
+    if devices:
+        raise UserError("--devices and --nproc-per-node: give one (each launched rank takes the GPU of its local rank)")
+    if launch.nnodes > 1 and not launch.rdzv_endpoint:
+        raise UserError(f"--nnodes {launch.nnodes} needs --rdzv-endpoint HOST:PORT, where the nodes meet")
+    for run in plan.runs:
+        for kind in TRAINING_STAGES:
+            section = getattr(run.config, kind)
+            if section.enabled and section.batch_size % launch.world_size:
+                raise UserError(
+                    f"study {plan.study.name}, arm '{run.arm.label}': {kind}.batch_size={section.batch_size} does not"
+                    f" split between {launch.world_size} processes (--nproc-per-node x --nnodes); the global batch"
+                    " must divide evenly, so every process holds the same share"
+                )
 
 
 def _names_outside(config: Config) -> str:

@@ -1,0 +1,139 @@
+"""Scale-out: a stage on several processes under torch's launcher (`--nproc-per-node`, gloo on
+CPU) trains and evaluates as one process does on the same global batch, is one tracking run, and
+resumes after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from core.errors import UserError
+from core.stages import BEST_CHECKPOINT, LAST_CHECKPOINT
+from harness._rank import Launch
+from harness.cli import app
+from harness.plan import DONE, make_plan
+from harness.preflight import check_launch
+from harness.study import load_study
+from harness.tracking import names
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny.yaml"
+# no randomness that depends on which process holds a pair (dropout), and the ViT's LayerNorms
+# rather than a CNN's per-process BatchNorm statistics (tiny.yaml's backbone)
+BASE = {
+    "pretrain.epochs": 1,
+    "finetune.epochs": 3,
+    "model.text.dropout": 0.0,
+    "model.text.config_overrides.hidden_dropout_prob": 0.0,
+    "model.text.config_overrides.attention_probs_dropout_prob": 0.0,
+}
+runner = CliRunner()
+
+
+def write_study(tmp_path: Path, **base) -> Path:
+    path = tmp_path / "launched.yaml"
+    path.write_text(yaml.safe_dump({"name": "launched", "setting": str(TINY), "base": {**BASE, **base}, "arms": [{"label": "only"}]}))
+    return path
+
+
+def curves(uri: str) -> dict[str, dict[str, list[float]]]:
+    """Per stage run: every metric's values in step order."""
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("launched")
+    out = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        stage = run.data.tags[names.TAG_STAGE]
+        assert stage not in out, f"two {stage} runs"  # one tracking run per stage, however many processes
+        assert run.info.status == "FINISHED"
+        keep = [k for k in run.data.metrics if not k.endswith("pairs_per_s")]  # speed differs, results do not
+        out[stage] = {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)] for k in keep}
+    return out
+
+
+def assert_same_results(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys() == {"study", "pretrain", "finetune"}
+    for stage, metrics in expected.items():
+        assert got[stage].keys() == metrics.keys(), stage
+        for key, values in metrics.items():
+            assert got[stage][key] == pytest.approx(values, abs=1e-5), f"{stage} {key}"
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("one")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    result = runner.invoke(app, ["run", str(write_study(tmp)), "--workdir", str(tmp / "work"), "--tracking-uri", uri, "--quiet"])
+    assert result.exit_code == 0, result.output
+    return tmp, curves(uri)
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_give_one_process_results_in_one_run_with_one_checkpoint(tmp_path, one_process):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["run", str(write_study(tmp_path)), "--workdir", str(tmp_path / "work"), "--tracking-uri", uri, "--quiet"]
+    result = runner.invoke(app, [*args, "--nproc-per-node", "2"])
+    assert result.exit_code == 0, result.output
+    # train/loss per epoch (the mean of its steps' losses), val/* per epoch, test/*: to 1e-5
+    assert_same_results(curves(uri), one_process[1])
+    for folder in (tmp_path / "work" / "stages").iterdir():
+        assert (folder / DONE).is_file()
+        if (folder / LAST_CHECKPOINT).exists():  # a training stage: one best, one last, whoever wrote them
+            assert sorted(p.name for p in folder.glob("*.safetensors")) == sorted([BEST_CHECKPOINT, LAST_CHECKPOINT])
+        assert json.loads((folder / "launch.json").read_text())["kind"] in ("pretrain", "finetune", "eval")
+
+
+@pytest.mark.slow
+def test_a_killed_torchrun_stage_resumes_and_ends_as_the_uninterrupted_one(tmp_path, one_process):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "harness", "run", str(write_study(tmp_path)), "--workdir", str(work),
+           "--tracking-uri", uri, "--quiet", "--nproc-per-node", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _finetune_mid_way(work):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the harness, the launcher and both ranks, as kill -9 would
+    proc.wait()
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert_same_results(curves(uri), one_process[1])
+
+
+def _finetune_mid_way(work: Path) -> bool:
+    for last in work.glob("stages/*/last.json"):
+        if json.loads(last.read_text())["epoch"] >= 1 and not (last.parent / DONE).exists():
+            meta = json.loads((last.parent / "launch.json").read_text())
+            return meta["kind"] == "finetune"
+    return False
+
+
+@pytest.mark.parametrize(
+    ("launch", "devices", "message"),
+    [
+        (Launch(nproc_per_node=3), (), "finetune.batch_size=16 does not split between 3 processes"),
+        (Launch(nproc_per_node=2, nnodes=2), (), "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
+        (Launch(nproc_per_node=2), ("cuda:0",), "--devices and --nproc-per-node: give one"),
+    ],
+)
+def test_a_launch_that_cannot_run_the_plan_is_refused_before_any_work(tmp_path, launch, devices, message):
+    plan = make_plan(load_study(write_study(tmp_path, **{"pretrain.batch_size": 12})))
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        check_launch(plan, launch, devices)
+
+
+def test_the_launcher_command_is_torchs_elastic_launcher_with_its_options():
+    assert Launch(2).command("abc")[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone"]
+    several = Launch(4, nnodes=2, rdzv_endpoint="node1:29500").command("abc")
+    assert several[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=4", "--nnodes=2", "--rdzv-backend=c10d",
+                           "--rdzv-endpoint=node1:29500", "--rdzv-id=abc"]  # fmt: skip
