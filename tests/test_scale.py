@@ -1,6 +1,6 @@
 """Scale-out: a stage on several processes under torch's launcher (`--nproc-per-node`, gloo on
 CPU) trains and evaluates as one process does on the same global batch, is one tracking run, and
-resumes after a kill."""
+resumes after a kill; a study tracked on an `mlflow server` is reported from it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -137,3 +138,68 @@ def test_the_launcher_command_is_torchs_elastic_launcher_with_its_options():
     several = Launch(4, nnodes=2, rdzv_endpoint="node1:29500").command("abc")
     assert several[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=4", "--nnodes=2", "--rdzv-backend=c10d",
                            "--rdzv-endpoint=node1:29500", "--rdzv-id=abc"]  # fmt: skip
+
+
+# ------------------------------------------------------------------------- a tracking server
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """``mlflow server`` on 127.0.0.1 (its own store and artifact folder): the URL and the folder."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    artifacts = tmp_path / "server-artifacts"
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "mlflow server did not answer"
+                time.sleep(0.5)
+        yield url, artifacts
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_a_study_tracked_on_an_mlflow_server_is_reported_from_it(tmp_path, mlflow_server):
+    url, artifacts = mlflow_server
+    study = write_study(tmp_path, **{"finetune.epochs": 1})
+    ran = runner.invoke(app, ["run", str(study), "--workdir", str(tmp_path / "work"), "--tracking-uri", url, "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    client = mlflow.MlflowClient(url)
+    runs = client.search_runs([client.get_experiment_by_name("launched").experiment_id])
+    assert sorted(r.data.tags[names.TAG_STAGE] for r in runs) == ["finetune", "pretrain", "study"]
+    # artifacts go where the server says: its own folder, not the workdir
+    assert list(artifacts.rglob(names.ARTIFACT_RANKS)) and not list((tmp_path / "work").rglob("mlartifacts"))
+    report = runner.invoke(app, ["report", "launched", "--tracking-uri", url, "--out", str(tmp_path / "reports")])
+    assert report.exit_code == 0, report.output
+    (row,) = pd.read_csv(tmp_path / "reports" / "launched" / "table.csv").to_dict("records")
+    finetune = next(r for r in runs if r.data.tags[names.TAG_STAGE] == "finetune")
+    assert row["arm"] == "only" and row["rsum_mean"] == pytest.approx(finetune.data.metrics[names.test_metric("rsum")])
+
+
+def test_an_unreachable_tracking_server_is_an_error_before_any_work(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = runner.invoke(app, ["run", str(write_study(tmp_path)), "--workdir", str(tmp_path / "work"),
+                                 "--tracking-uri", f"http://127.0.0.1:{port}", "--quiet"])  # fmt: skip
+    assert result.exit_code == 1 and f"127.0.0.1:{port}" in result.output
+    assert not list((tmp_path / "work").glob("stages/*"))  # nothing trained
