@@ -134,6 +134,15 @@ def run(
     nproc_per_node: Annotated[int, typer.Option(min=1, help="Processes per stage on this machine (torchrun's option; one GPU each)")] = 1,
     nnodes: Annotated[int, typer.Option(min=1, help="Machines per stage (torchrun's option; start harness run on each)")] = 1,
     rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT where the nodes of a stage meet (--nnodes > 1)")] = None,
+    executor: Annotated[str, typer.Option(help="local (this machine), slurm (a job per stage, submitted through submitit), submitit-local (the same jobs here)")] = "local",
+    partition: Annotated[Optional[str], typer.Option(help="SLURM partition (over the setting's cluster: section)")] = None,
+    time_min: Annotated[Optional[int], typer.Option("--time", min=1, help="Minutes a SLURM job may run")] = None,
+    gpus_per_node: Annotated[Optional[int], typer.Option(min=0, help="GPUs per SLURM job (default: --nproc-per-node)")] = None,
+    cpus_per_task: Annotated[Optional[int], typer.Option(min=1, help="CPUs per SLURM job")] = None,
+    mem_gb: Annotated[Optional[int], typer.Option(min=1, help="Memory per SLURM job, GB")] = None,
+    account: Annotated[Optional[str], typer.Option(help="SLURM account")] = None,
+    qos: Annotated[Optional[str], typer.Option(help="SLURM quality of service")] = None,
+    sbatch: Annotated[list[str], typer.Option(help="More sbatch options, --key=value; repeatable")] = [],
 ):
     """Expand a study into runs, share and cache stages, execute, and track them in MLflow."""
     from harness import console as ui
@@ -157,6 +166,14 @@ def run(
             console.print(f"{len(plan.runs)} runs are more than --max-runs {max_runs}: harness run will ask for --yes")
         return
     given = _repeat_options(workdir=workdir if workdir_given else None, tracking_uri=tracking_uri)
+    if executor != "local":
+        from harness.cluster import cluster_options
+
+        options = {"partition": partition, "time": time_min, "gpus_per_node": gpus_per_node, "cpus_per_task": cpus_per_task,
+                   "mem_gb": mem_gb, "account": account, "qos": qos, "sbatch": tuple(sbatch)}  # fmt: skip
+        _submit(study, executor, cluster_options(setting, options), workdir, resolve_tracking_uri(tracking_uri, workdir),
+                tuple(set_), seed_list, setting, retry_failed, launch, None if yes else max_runs, given)  # fmt: skip
+        return
     # Bars redraw in place: in a file (SLURM logs, `> run.log`) they would show only at the end.
     reporter = ui.LogReporter() if quiet or not ui.console.is_terminal else ui.ProgressReporter()
     try:
@@ -189,6 +206,53 @@ def run(
     ui.print_next_steps(result.study.name, resolve_tracking_uri(tracking_uri, workdir), workdir, given)
     if result.failed:
         raise typer.Exit(1)
+
+
+def _submit(study: Path, executor: str, cluster, workdir: Path, tracking_uri: str, overrides, seeds, setting,
+            retry_failed: bool, launch, max_runs, given: str) -> None:  # fmt: skip
+    from harness import console as ui
+    from harness.cluster import submit_study
+
+    if executor not in ("slurm", "submitit-local"):
+        raise UserError(f"--executor {executor!r}: use local, slurm or submitit-local")
+    submitted = submit_study(
+        study, executor=executor, cluster=cluster, workdir=workdir, tracking_uri=tracking_uri, overrides=overrides,
+        seeds=seeds, setting=setting, retry_failed=retry_failed, launch=launch, max_runs=max_runs,
+    )  # fmt: skip
+    ui.print_submission(submitted)
+    console.print(f"Next:\n  harness status {shlex.quote(_study_name(str(study)))}{given}   # queued / running / done / failed per stage"
+                  f"\n  harness run {shlex.quote(str(study))} --executor {executor}{given}   # again: collect what finished, submit what is left",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+
+
+@app.command()
+@_friendly_errors
+def status(
+    study: Annotated[str, typer.Argument(help="The study's name (or its YAML file)")],
+    workdir: Workdir = None,
+    tracking_uri: TrackingUri = None,
+    slurm: Annotated[bool, typer.Option(help="Ask SLURM (sacct) for the state of submitted jobs")] = True,
+):
+    """Queued / running / done / failed per stage of a study, from the store and its submitted jobs."""
+    from harness import console as ui
+    from harness.cluster import study_status
+    from harness.tracking import Tracker
+
+    workdir = resolve_workdir(workdir)
+    name = _study_name(study)
+    rows = study_status(name, Tracker(resolve_tracking_uri(tracking_uri, workdir)), workdir, slurm)
+    if not rows:
+        raise UserError(f"study {name!r} has no runs in {resolve_tracking_uri(tracking_uri, workdir)} and no submitted jobs in {workdir}")
+    ui.print_status(name, rows)
+
+
+def _study_name(study: str) -> str:
+    """A study name as given, or the ``name`` of the study file given."""
+    if study.endswith((".yaml", ".yml")):
+        from harness.study import load_study
+
+        return load_study(Path(study)).name
+    return study
 
 
 @app.command()

@@ -23,6 +23,7 @@ from core.files import read_utf8
 
 __all__ = [
     "DEFAULT_SETTING",
+    "cluster_section",
     "SETTINGS_DIR",
     "Layer",
     "resolve",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 DEFAULT_SETTING = "cpu-small"
+CLUSTER_KEY = "cluster"  # a setting's cluster resources (harness.cluster): not part of the config tree
 SETTINGS_DIR = Path(__file__).resolve().parents[1] / "studies" / "settings"
 Layer = tuple[str, Mapping[str, Any]]  # (source label, {dotted.key: value})
 
@@ -123,6 +125,29 @@ def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
+def cluster_section(setting: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A setting's ``cluster:`` section (the cluster resources of ``harness run --executor
+    slurm``), over the sections of the settings it extends; ``{}`` when none has one."""
+    section: dict[str, Any] = {}
+    path, seen = setting_path(setting if setting is not None else DEFAULT_SETTING), ()
+    chain = []
+    while True:
+        if path.resolve() in seen:
+            raise UserError(f"{path}: 'extends' cycle through {', '.join(map(str, seen))}")
+        raw = _read_setting(path) or {}
+        chain.append((path, raw))
+        seen = (*seen, path.resolve())
+        if not isinstance(raw, Mapping) or "extends" not in raw:
+            break
+        path = setting_path(raw["extends"])
+    for path, raw in reversed(chain):  # the extended setting first, the named one last
+        found = raw.get(CLUSTER_KEY) if isinstance(raw, Mapping) else None
+        if found is not None and not isinstance(found, Mapping):
+            raise UserError(f"{path}: 'cluster' must be a mapping of options (partition, time, gpus_per_node, ...)")
+        section.update(found or {})
+    return section
+
+
 # ---------------------------------------------------------------------------------- internals
 def _setting_items(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, Any, str]]:
     """A setting file as (dotted key, value, source); ``extends: NAME`` is read first."""
@@ -132,6 +157,7 @@ def _setting_items(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, Any, s
     if not isinstance(raw, Mapping):
         raise UserError(f"{path}: a setting must be a mapping of config sections")
     raw = dict(raw)
+    raw.pop(CLUSTER_KEY, None)  # where jobs run (harness.cluster), not what they compute
     items: list[tuple[str, Any, str]] = []
     if "extends" in raw:
         items += _setting_items(setting_path(raw.pop("extends")), (*seen, path.resolve()))

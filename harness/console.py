@@ -17,7 +17,7 @@ from harness.execute import Reporter, StudyResult, Task, TaskOutcome
 from harness.plan import Plan
 from harness.tracking import names
 
-__all__ = ["print_plan", "print_summary", "print_next_steps", "ProgressReporter", "LogReporter"]
+__all__ = ["print_plan", "print_summary", "print_submission", "print_status", "print_next_steps", "ProgressReporter", "LogReporter"]
 
 # Off a terminal (a log file, CI, SLURM) rich would fold tables to 80 columns; a log has room.
 VAL_RSUM, TEST_RSUM = names.val_metric(RSUM), names.test_metric(RSUM)
@@ -70,6 +70,34 @@ def print_summary(result: StudyResult) -> None:
     console.print(table)
     for outcome in result.failed:
         console.print(f"[red]FAILED[/] {outcome.task.label} seed {outcome.task.seed}: {outcome.error}", highlight=False)
+
+
+def print_submission(submitted: list[Any]) -> None:
+    """What ``harness run --executor slurm|submitit-local`` did per task: done already, queued
+    already, submitted (job id), or ran (a local job: its status and rSum)."""
+    table = Table(title="Jobs", title_justify="left")
+    for column in ("arm", "seed", "stage", "state", "job", "val rsum", "test rsum"):
+        table.add_column(column, justify="right" if "rsum" in column else "left")
+    for item in submitted:
+        metrics = item.outcome.metrics if item.outcome is not None else {}
+        state = item.outcome.status if item.outcome is not None else item.state
+        table.add_row(item.task.label, str(item.task.seed), _stage_names(item.task), state, item.job_id or "",
+                      _fmt(metrics.get(VAL_RSUM)), _fmt(metrics.get(TEST_RSUM)))  # fmt: skip
+    console.print(table)
+
+
+def print_status(study: str, rows: list[dict[str, str]]) -> None:
+    """``harness status``: one row per stage (the newest attempt in the store) or waiting job."""
+    table = Table(title=f"Study '{study}'", title_justify="left")
+    for column in ("arm", "seed", "stage", "state", "job", "run"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(row[column] for column in ("arm", "seed", "stage", "state", "job", "run")))
+    console.print(table)
+    counts = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    console.print(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
 
 
 def print_next_steps(study: str, tracking_uri: str, workdir: Path, options: str = "") -> None:

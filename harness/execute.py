@@ -55,7 +55,8 @@ if TYPE_CHECKING:  # mlflow is imported where a store is used, so a dry run neve
 
 __all__ = [
     "Task", "TaskOutcome", "TaskContext", "TaskStopped", "StudyInterrupted", "StudyResult", "Reporter",
-    "run_study", "plan_study", "plan_tasks", "execute_task", "study_lock", "SHARED_LABEL",
+    "run_study", "plan_study", "plan_tasks", "execute_task", "study_lock", "SHARED_LABEL", "OpenStudy", "open_study",
+    "task_run_key",
 ]
 
 SHARED_LABEL = "shared"  # arm label of a pre-training that several arms share
@@ -155,6 +156,7 @@ def plan_study(
     setting: str | None = None,
     devices: tuple[str, ...] = (),
     max_runs: int | None = None,
+    plan_device: str | None = None,
 ) -> tuple[Study, Plan, list[Task]]:
     """Load, validate and plan a study (``seeds`` and ``setting`` replacing the file's; more
     than ``max_runs`` (arm, seed) runs refused first), check what its arms name outside the
@@ -165,7 +167,7 @@ def plan_study(
     if len({d.split(":")[0] for d in devices}) > 1:
         raise UserError(f"--devices {','.join(devices)} mixes device types: precision 'auto' would differ between workers")
     # the workers' device decides what precision 'auto' means, not the one the config names
-    plan = make_plan(study, overrides, device=devices[0] if devices else None)
+    plan = make_plan(study, overrides, device=devices[0] if devices else plan_device)
     check_plan(plan, devices)
     return study, plan, plan_tasks(plan)
 
@@ -245,21 +247,13 @@ def run_study(
         UserError: a bad study, plan, workdir or store, before any work.
         StudyInterrupted: Ctrl-C or SIGTERM (the interrupted runs are closed KILLED first).
     """
-    from harness.tracking import Tracker, init_store, provenance  # mlflow: seconds to import
-
     reporter = reporter or Reporter()
-    study, plan, tasks = plan_study(path, overrides, seeds, setting, devices, max_runs)
-    check_launch(plan, launch, devices)
-    workdir = Path(workdir)
-    check_workdir(workdir)
-    with study_lock(workdir, study.name):
-        init_store(tracking_uri)  # schema created once, before any worker starts; unreachable: one line
-        prov = provenance()
-        tracker = Tracker(tracking_uri, provenance=prov)
-        parent = tracker.study_run(study.name, study.description)
-        tracker.reap_unfinished(study.name)  # runs of dead processes; live ones (other workdirs) stay
-        _log_study(tracker, parent, study, path, plan)
-        context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov, share_checkpoints, launch)
+    with open_study(
+        path, workdir, tracking_uri, overrides, seeds, setting, devices, max_runs, retry_failed, launch, share_checkpoints
+    ) as opened:
+        study, plan, tasks, tracker, parent, context = (
+            opened.study, opened.plan, opened.tasks, opened.tracker, opened.parent, opened.context
+        )  # fmt: skip
         reporter.start(tasks)
         slots = list(devices) or [None] * max(1, workers)
         running: dict[str, Task] = {}
@@ -278,6 +272,66 @@ def run_study(
         outcomes = [done[t.key] for t in tasks]
         tracker.end_run(parent, "FAILED" if any(o.status == "FAILED" for o in outcomes) else "FINISHED")
     return StudyResult(study, plan, outcomes, parent)
+
+
+@dataclass(frozen=True)
+class OpenStudy:
+    """A planned and checked study, locked in its workdir, with its store and parent run open."""
+
+    study: Study
+    plan: Plan
+    tasks: list[Task]
+    tracker: Tracker
+    parent: str  # the study's parent run
+    context: TaskContext
+
+    def run_key(self, task: Task) -> Any:
+        return task_run_key(task, self.study.name)
+
+
+@contextlib.contextmanager
+def open_study(
+    path: Path,
+    workdir: Path,
+    tracking_uri: str,
+    overrides: tuple[str, ...] = (),
+    seeds: tuple[int, ...] | None = None,
+    setting: str | None = None,
+    devices: tuple[str, ...] = (),
+    max_runs: int | None = None,
+    retry_failed: bool = False,
+    launch: Launch = Launch(),
+    share_checkpoints: bool = False,
+    plan_device: str | None = None,
+) -> Iterator[OpenStudy]:
+    """What running a study and submitting it begin with: plan and check it (``plan_device``:
+    the device its stages will run on, when not this machine's, e.g. a cluster's GPUs), lock it in
+    the workdir, open the store, the parent run (reaping runs of dead processes) and the context
+    its tasks run in."""
+    from harness.tracking import Tracker, init_store, provenance  # mlflow: seconds to import
+
+    study, plan, tasks = plan_study(path, overrides, seeds, setting, devices, max_runs, plan_device)
+    check_launch(plan, launch, devices)
+    workdir = Path(workdir)
+    check_workdir(workdir)
+    with study_lock(workdir, study.name):
+        init_store(tracking_uri)  # schema created once, before any worker starts; unreachable: one line
+        prov = provenance()
+        tracker = Tracker(tracking_uri, provenance=prov)
+        parent = tracker.study_run(study.name, study.description)
+        tracker.reap_unfinished(study.name)  # runs of dead processes; live ones (other workdirs) stay
+        _log_study(tracker, parent, study, path, plan)
+        context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov, share_checkpoints, launch)
+        yield OpenStudy(study, plan, tasks, tracker, parent, context)
+
+
+def task_run_key(task: Task, study: str) -> Any:
+    """The tracking run of a task: its first stage's kind, its last stage's hash; a shared
+    stage's key ignores the arm label (it says how many arms share it, not what it computed)."""
+    from harness.tracking import RunKey
+
+    arm = None if task.kind == "shared" else task.label
+    return RunKey(study, arm, task.seed, task.stages[0].kind, task.stages[-1].hash)
 
 
 @dataclass(frozen=True)
@@ -460,19 +514,21 @@ def _execute_task(
 
     tracker = Tracker(ctx.tracking_uri, provenance=ctx.provenance)
     last = task.stages[-1]
-    stage_tag = task.stages[0].kind  # the harness.stage tag: the task's first stage
     started = time.perf_counter()
     pretrain_run = None
     if task.depends_on is not None:
         pretrain_run = tracker.find_run(RunKey(ctx.study, None, task.seed, task.parent_stage.kind, task.depends_on))
-    # a shared stage's key ignores the arm label: it says how many arms share it, not what it computed
-    key = RunKey(ctx.study, None if task.kind == "shared" else task.label, task.seed, stage_tag, last.hash)
+    key = task_run_key(task, ctx.study)
     claim = tracker.claim_run(
         key, ctx.parent_run_id, flatten(last.config), {**({names.TAG_DEVICE: device} if device else {}), **(tags or {})},
         label=task.label, pretrain_run_id=pretrain_run, retry_failed=ctx.retry_failed,
     )  # fmt: skip
     if claim.kind == "finished":  # done, in this workdir or another: its outputs are in the store
-        return TaskOutcome(task, "FINISHED", claim.run_id, tracker.final_metrics(claim.run_id), cached=True)
+        metrics = tracker.final_metrics(claim.run_id)
+        training = next((s for s in task.stages if STAGES[s.kind].trains), None)
+        if training is not None:  # val/*: at the selected epoch, as a stage run here reports them
+            metrics |= tracker.selected_validation(claim.run_id, training.config.eval.select_metric)[1]
+        return TaskOutcome(task, "FINISHED", claim.run_id, metrics, cached=True)
     if claim.kind == "failed":
         return TaskOutcome(task, "FAILED", claim.run_id, error="failed in an earlier attempt (use --retry-failed)")
     if claim.kind == "busy":

@@ -145,12 +145,7 @@ def _stage_outcome(
         return record.history, record.best
     if run_id is None:
         return [], {}
-    history = Tracker(ctx.tracking_uri).epoch_metrics(run_id, names.VAL_PREFIX)
-    key = names.val_metric(select_metric)
-    scored = [epoch for epoch in history if key in epoch]
-    if not scored:
-        return history, {}
-    best = max(scored, key=lambda epoch: epoch[key])  # max keeps the first of equal scores
+    history, best = Tracker(ctx.tracking_uri).selected_validation(run_id, select_metric)
     return history, {name.removeprefix(names.VAL_PREFIX): value for name, value in best.items()}
 
 

@@ -389,6 +389,17 @@ class Tracker:
         """
         return self._find(key, (status,))
 
+    def stage_runs(self, study: str) -> list[lease.RunView]:
+        """Every stage run of a study (not its parent), newest first; [] for an unknown study."""
+        experiment = self._experiment(study, create=False)
+        if experiment is None:
+            return []
+        return [
+            lease.RunView(run.info.run_id, run.info.status, run.data.tags, run.info.start_time)
+            for run in self._search(experiment, "")
+            if run.data.tags.get(names.TAG_STAGE) not in (names.STAGE_STUDY, names.STAGE_SWEEP)
+        ]
+
     def reap_unfinished(self, study: str, status: RunStatus = "KILLED") -> list[str]:
         """Mark the study's stage runs left RUNNING by dead processes as ``status``; returns their
         ids. Runs whose owner is alive, in this workdir or another, are left alone.
@@ -423,6 +434,11 @@ class Tracker:
         """
         self._heartbeat().remove(run_id)
         self._client.set_terminated(run_id, status=status)
+
+    def mark_scheduled(self, run_id: str) -> None:
+        """Mark a study's parent run SCHEDULED: its stages wait in a cluster's queue (MLflow's
+        own status for that); the run that collects them closes it."""
+        self._client.update_run(run_id, status="SCHEDULED")
 
     def add_holder(self, run_id: str, workdir: str | os.PathLike) -> None:
         """Record that ``workdir`` on this host holds the run's stage outputs (``harness.holders``).
@@ -510,6 +526,19 @@ class Tracker:
                 for metric in self._client.get_metric_history(run_id, key):
                     by_step.setdefault(metric.step, {})[key] = metric.value
         return [by_step[step] for step in sorted(by_step)]
+
+    def selected_validation(self, run_id: str, select_metric: str) -> tuple[list[dict[str, float]], dict[str, float]]:
+        """A training run's validation metrics per epoch, and those of the epoch its checkpoint was
+        selected at: the first best ``val/<select_metric>``, as the trainer picks ({} without any).
+
+        Args:
+            run_id: the run.
+            select_metric: ``eval.select_metric`` of its stage.
+        """
+        history = self.epoch_metrics(run_id, names.VAL_PREFIX)
+        key = names.val_metric(select_metric)
+        scored = [epoch for epoch in history if key in epoch]
+        return history, (max(scored, key=lambda epoch: epoch[key]) if scored else {})  # max: the first of equals
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         """The steps at which ``key`` was logged (what a resumed run still lacks).
