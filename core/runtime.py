@@ -52,16 +52,20 @@ def cuda_available() -> bool:
 
 
 def device_type(name: str, option: str = "runtime.device") -> str:
-    """``cpu`` or ``cuda`` for a device name (``auto`` resolved), without loading torch on a CPU
-    machine.
+    """``cpu``, ``cuda`` or ``mps`` for a device name (``auto`` resolved), without loading torch on
+    a CPU machine, and without requiring the device here: a plan for a cluster's GPUs is made on
+    a login node that has none.
 
     Args:
-        name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        name: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         option: the setting's name in errors.
     """
     if name == "auto":
         return "cuda" if cuda_available() else "cpu"
-    return resolve_device(name, option).type
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()):
+        raise UserError(f"{option}={name!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return kind
 
 
 def resolve_device(name: str, option: str = "runtime.device") -> torch.device:
