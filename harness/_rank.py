@@ -27,27 +27,34 @@ LOG_FILE = "launch.log"  # the launcher's and the ranks' output
 
 @dataclass(frozen=True)
 class Launch:
-    """How many processes run each stage: ``nproc_per_node`` on each of ``nnodes`` machines
-    (torchrun's options of the same names; several nodes meet at ``rdzv_endpoint``)."""
+    """How many processes run each stage on this machine (torchrun's ``--nproc-per-node``; one
+    GPU each on a GPU machine). Several machines per stage are not supported yet: each node would
+    run its own harness, and only one of them may own the stage's tracking run."""
 
     nproc_per_node: int = 1
-    nnodes: int = 1
-    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous (several nodes)
 
     @property
     def world_size(self) -> int:
-        return self.nproc_per_node * self.nnodes
+        return self.nproc_per_node
 
-    def command(self, rdzv_id: str) -> list[str]:
-        """The launcher's argument vector, before the module it runs.
+    def command(self) -> list[str]:
+        """The launcher's argument vector, before the module it runs (``--standalone``: a free
+        local port, no rendezvous server)."""
+        return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}", "--standalone"]
 
-        Args:
-            rdzv_id: the rendezvous id: the stage's hash, so the nodes of one stage meet.
-        """
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}"]
-        if self.nnodes == 1:
-            return [*command, "--standalone"]  # a free local port, no rendezvous server
-        return [*command, f"--nnodes={self.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}", f"--rdzv-id={rdzv_id}"]
+
+def die_with_parent() -> None:
+    """In the launcher's child, before it runs: SIGTERM when the harness process dies, however
+    it dies (kill -9, the OOM killer), so that no launcher and no rank outlives it and trains on
+    beside the resumed stage (Linux; elsewhere a no-op). torch's elastic agent stops its ranks on
+    SIGTERM."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def main(launch_file: str) -> None:

@@ -9,6 +9,7 @@ test metrics) that the executor keeps beside them for replay.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -34,7 +35,9 @@ from harness._rank import Launch
 from harness.plan import StageRecord
 from harness.tracking import names
 
-__all__ = ["run_stage", "splits_for"]
+__all__ = ["run_stage", "run_here", "splits_for"]
+
+STOP_TIMEOUT_S = 30.0  # seconds the launcher has to stop its ranks before SIGKILL
 
 # per process: one opened data cache per (workdir, data section); the workdir is part of the key
 # because the splits memory-map files under it (another workdir's may be gone)
@@ -114,9 +117,12 @@ def _run_launched(
         "parent_dir": str(parent_dir) if parent_dir else None, "workdir": str(workdir),
     }  # fmt: skip
     atomic_write_text(out_dir / _rank.LAUNCH_FILE, json.dumps(spec))
-    command = [*launch.command(stage.hash), "-m", "harness._rank", str(out_dir / _rank.LAUNCH_FILE)]
+    command = [*launch.command(), "-m", "harness._rank", str(out_dir / _rank.LAUNCH_FILE)]
     with open(out_dir / _rank.LOG_FILE, "a", encoding="utf-8") as log:
-        ranks = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        ranks = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_rank.die_with_parent
+        )
+        code = None
         try:
             read = 0
             while True:
@@ -126,8 +132,8 @@ def _run_launched(
                     break
                 time.sleep(0.2)
         except BaseException:  # a stopped trial, Ctrl-C: the ranks must not outlive the task
-            os.killpg(ranks.pid, signal.SIGTERM)
-            ranks.wait()
+            if code is None:
+                _stop(ranks)
             raise
     if code != 0 or not (out_dir / _rank.RESULT_FILE).is_file():
         tail = "\n".join((out_dir / _rank.LOG_FILE).read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
@@ -136,6 +142,18 @@ def _run_launched(
     for name in (_rank.EVENTS_FILE, _rank.RESULT_FILE):  # handed on; launch.json and the log stay
         (out_dir / name).unlink()
     return outputs
+
+
+def _stop(ranks: subprocess.Popen) -> None:
+    """SIGTERM to the launcher's process group (the elastic agent stops its ranks), SIGKILL if
+    it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(ranks.pid, signal.SIGTERM)
+        try:
+            ranks.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(ranks.pid, signal.SIGKILL)
+            ranks.wait()
 
 
 def _forward_events(path: Path, read: int, on_event: Callable[[Any], None]) -> int:

@@ -107,10 +107,14 @@ def _repeat_options(**options: object) -> str:
     """Command-line options as given (None and empty ones left out), quoted for a shell."""
     parts = []
     for name, value in options.items():
+        flag = f"--{name.replace('_', '-')}"
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
-            if item is not None and item != "":
-                parts += [f"--{name.replace('_', '-')}", str(item)]
+            if item is True:
+                parts.append(flag)
+            elif item is not None and item is not False and item != "":
+                # a value that looks like an option (--sbatch --constraint=a100) sticks to its flag
+                parts += [f"{flag}={item}"] if str(item).startswith("-") else [flag, str(item)]
     return "".join(f" {shlex.quote(p)}" for p in parts)
 
 
@@ -132,8 +136,6 @@ def run(
     max_runs: Annotated[int, typer.Option(min=1, help="(arm, seed) runs above which the run asks for --yes")] = 500,
     share_checkpoints: Annotated[bool, typer.Option(help="Log pre-trainings' best checkpoints to the store: other workdirs fetch them instead of training them again")] = False,
     nproc_per_node: Annotated[int, typer.Option(min=1, help="Processes per stage on this machine (torchrun's option; one GPU each)")] = 1,
-    nnodes: Annotated[int, typer.Option(min=1, help="Machines per stage (torchrun's option; start harness run on each)")] = 1,
-    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST:PORT where the nodes of a stage meet (--nnodes > 1)")] = None,
     executor: Annotated[str, typer.Option(help="local (this machine), slurm (a job per stage, submitted through submitit), submitit-local (the same jobs here)")] = "local",
     partition: Annotated[Optional[str], typer.Option(help="SLURM partition (over the setting's cluster: section)")] = None,
     time_min: Annotated[Optional[int], typer.Option("--time", min=1, help="Minutes a SLURM job may run")] = None,
@@ -156,7 +158,7 @@ def run(
     workdir = resolve_workdir(workdir)
     seed_list = parse_seeds(seeds) if seeds is not None else None
     device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
-    launch = Launch(nproc_per_node, nnodes, rdzv_endpoint)
+    launch = Launch(nproc_per_node)
     if dry_run:
         check_workdir(workdir, create=False)
         _, plan, tasks = plan_study(study, tuple(set_), seed_list, setting, device_list)
@@ -168,11 +170,23 @@ def run(
     given = _repeat_options(workdir=workdir if workdir_given else None, tracking_uri=tracking_uri)
     if executor != "local":
         from harness.cluster import cluster_options
+        from harness.study import load_study
 
+        if executor not in ("slurm", "submitit-local"):
+            raise UserError(f"--executor {executor!r}: use local, slurm or submitit-local")
+        if workers > 1 or device_list:
+            raise UserError(f"--executor {executor} runs one job per stage: --workers and --devices are for --executor local")
         options = {"partition": partition, "time": time_min, "gpus_per_node": gpus_per_node, "cpus_per_task": cpus_per_task,
                    "mem_gb": mem_gb, "account": account, "qos": qos, "sbatch": tuple(sbatch)}  # fmt: skip
-        _submit(study, executor, cluster_options(setting, options), workdir, resolve_tracking_uri(tracking_uri, workdir),
-                tuple(set_), seed_list, setting, retry_failed, launch, None if yes else max_runs, given)  # fmt: skip
+        resolved = load_study(study, seed_list, setting)  # the cluster: section of the setting it runs on
+        same = _repeat_options(
+            set=set_, seeds=seeds, setting=setting, nproc_per_node=nproc_per_node if nproc_per_node > 1 else None,
+            executor=executor, partition=partition, time=time_min, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
+            mem_gb=mem_gb, account=account, qos=qos, sbatch=sbatch, share_checkpoints=share_checkpoints,
+        )  # fmt: skip
+        _submit(study, resolved.name, executor, cluster_options(resolved.setting, options), workdir,
+                resolve_tracking_uri(tracking_uri, workdir), tuple(set_), seed_list, setting, retry_failed, launch,
+                None if yes else max_runs, share_checkpoints, given, same)  # fmt: skip
         return
     # Bars redraw in place: in a file (SLURM logs, `> run.log`) they would show only at the end.
     reporter = ui.LogReporter() if quiet or not ui.console.is_terminal else ui.ProgressReporter()
@@ -196,8 +210,7 @@ def run(
     except StudyInterrupted as stop:
         same = _repeat_options(
             set=set_, seeds=seeds, setting=setting, workers=workers if workers > 1 else None, devices=devices,
-            nproc_per_node=nproc_per_node if nproc_per_node > 1 else None, nnodes=nnodes if nnodes > 1 else None,
-            rdzv_endpoint=rdzv_endpoint,
+            nproc_per_node=nproc_per_node if nproc_per_node > 1 else None,
         )  # fmt: skip
         console.print(f"[bold]interrupted:[/] {escape(str(stop))}", highlight=False, soft_wrap=True)
         console.print(f"resume with: harness run {shlex.quote(str(study))}{given}{same}", highlight=False, soft_wrap=True)
@@ -208,20 +221,20 @@ def run(
         raise typer.Exit(1)
 
 
-def _submit(study: Path, executor: str, cluster, workdir: Path, tracking_uri: str, overrides, seeds, setting,
-            retry_failed: bool, launch, max_runs, given: str) -> None:  # fmt: skip
+def _submit(study: Path, name: str, executor: str, cluster, workdir: Path, tracking_uri: str, overrides, seeds, setting,
+            retry_failed: bool, launch, max_runs, share_checkpoints: bool, given: str, same: str) -> None:  # fmt: skip
+    """``harness run --executor slurm|submitit-local``: submit, show the jobs and what comes next."""
     from harness import console as ui
     from harness.cluster import submit_study
 
-    if executor not in ("slurm", "submitit-local"):
-        raise UserError(f"--executor {executor!r}: use local, slurm or submitit-local")
     submitted = submit_study(
         study, executor=executor, cluster=cluster, workdir=workdir, tracking_uri=tracking_uri, overrides=overrides,
         seeds=seeds, setting=setting, retry_failed=retry_failed, launch=launch, max_runs=max_runs,
+        share_checkpoints=share_checkpoints,
     )  # fmt: skip
     ui.print_submission(submitted)
-    console.print(f"Next:\n  harness status {shlex.quote(_study_name(str(study)))}{given}   # queued / running / done / failed per stage"
-                  f"\n  harness run {shlex.quote(str(study))} --executor {executor}{given}   # again: collect what finished, submit what is left",
+    console.print(f"Next:\n  harness status {shlex.quote(name)}{given}   # queued / running / done / failed per stage"
+                  f"\n  harness run {shlex.quote(str(study))}{given}{same}   # again: collect what finished, submit what is left",
                   highlight=False, soft_wrap=True)  # fmt: skip
 
 

@@ -29,13 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import UserError
 from core.files import atomic_write_text
+from core.stages import PRETRAIN
 from harness._rank import Launch
 from harness.config import cluster_section
-from harness.execute import Task, TaskContext, TaskOutcome, execute_task, open_study
+from harness.execute import OpenStudy, Task, TaskContext, TaskOutcome, execute_task, open_study, stored_metrics
 from harness.tracking import names
 
 __all__ = [
-    "Executor", "ClusterOptions", "Submission", "cluster_options", "submit_study", "run_task", "job_states", "study_status",
+    "Executor", "ClusterOptions", "Submission", "TaskJob", "cluster_options", "submit_study", "job_states", "study_status",
     "JOBS_FILE",
 ]
 
@@ -91,14 +92,30 @@ class Submission:
     outcome: TaskOutcome | None = None
 
 
-def run_task(task: Task, ctx: TaskContext) -> str:
-    """What a job runs: the task, exactly as the local executor runs it; its status. A failed
-    task fails the job, so that SLURM does not start the tasks that depend on it."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    outcome = execute_task(task, ctx, None, lambda event: log.info("%s %s", task.describe(), event))
-    if outcome.status == "FAILED":
-        raise RuntimeError(f"{task.describe()} failed: {outcome.error}")
-    return outcome.status
+class TaskJob:
+    """What a job runs: the task, exactly as the local executor runs it; returns its status.
+
+    A task that fails, or that another live process runs, fails the job, so that SLURM does not
+    start the tasks that depend on it (``--kill-on-invalid-dep=yes`` cancels them; the next
+    ``harness run`` submits them again once their parent is done). Near its time limit (submitit's
+    USR2) the job closes its runs KILLED and is requeued by :meth:`checkpoint`: the requeued job
+    resumes them from their last epoch checkpoint at once.
+    """
+
+    def __call__(self, task: Task, ctx: TaskContext) -> str:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        outcome = execute_task(task, ctx, None, lambda event: log.info("%s %s", task.describe(), event))
+        if outcome.status != "FINISHED":
+            raise RuntimeError(f"{task.describe()}: {outcome.status} ({outcome.error})")
+        return outcome.status
+
+    def checkpoint(self, task: Task, ctx: TaskContext) -> Any:
+        import submitit
+
+        from harness.tracking import Tracker
+
+        Tracker(ctx.tracking_uri).end_owned_runs("KILLED")
+        return submitit.helpers.DelayedSubmission(TaskJob(), task, ctx)
 
 
 def submit_study(
@@ -114,6 +131,7 @@ def submit_study(
     retry_failed: bool = False,
     launch: Launch = Launch(),
     max_runs: int | None = None,
+    share_checkpoints: bool = False,
 ) -> list[Submission]:
     """Submit the study's tasks that are not done yet as jobs (see the module's docstring).
 
@@ -124,69 +142,95 @@ def submit_study(
 
     if executor == "slurm" and not all(shutil.which(tool) for tool in ("sbatch", "srun")):
         raise UserError("--executor slurm submits with SLURM's sbatch and srun, and this machine has neither on its PATH (run it on the cluster's login node)")
-    if launch.nnodes > 1:
-        raise UserError("--executor slurm runs each stage on one node: use --nproc-per-node (one GPU each), not --nnodes")
     # the stages run on the cluster's devices, not this machine's (a login node has no GPU): GPUs
     # unless the cluster options ask for none, so that precision 'auto' means bf16 there
     gpus = cluster.gpus_per_node if cluster.gpus_per_node is not None else (launch.nproc_per_node if executor == "slurm" else 0)
+    if gpus and gpus < launch.nproc_per_node:
+        raise UserError(f"--gpus-per-node {gpus} is fewer than --nproc-per-node {launch.nproc_per_node} (one GPU per process)")
     device = "cuda" if gpus else "cpu"
-    opened_study = open_study(path, workdir, tracking_uri, overrides, seeds, setting, (), max_runs, retry_failed, launch, plan_device=device)
+    opened_study = open_study(
+        path, workdir, tracking_uri, overrides, seeds, setting, (), max_runs, retry_failed, launch, share_checkpoints, device
+    )
     with opened_study as opened:
         tasks, ctx, tracker = opened.tasks, opened.context, opened.tracker
         folder = Path(workdir) / "jobs" / opened.study.name
         jobs = _read_jobs(folder)
-        states = job_states(folder, jobs) if executor == "slurm" else {}
+        states = job_states(folder, {k: j for k, j in jobs.items() if j.get("executor") == "slurm"})
         pool = submitit.AutoExecutor(folder=folder, cluster="slurm" if executor == "slurm" else "local")
         pool.update_parameters(**_parameters(cluster, gpus, opened.study.name))
-        results: dict[str, Submission] = {}
-        submitted: dict[str, Any] = {}  # task key -> submitit job (this invocation)
-        for task in tasks:
-            if tracker.find_run(opened.run_key(task)) is not None:
-                results[task.key] = Submission(task, "done")
-            elif not retry_failed and tracker.find_run(opened.run_key(task), status="FAILED") is not None:
-                results[task.key] = Submission(task, "failed")  # kept, with its traceback: --retry-failed
-            elif states.get(task.key) in WAITING | RUNNING:
-                results[task.key] = Submission(task, "queued", jobs[task.key]["job_id"])
+        results = {task.key: item for task in tasks if (item := _known(task, opened, jobs, states, retry_failed))}
+        handles: dict[str, Any] = {}  # task key -> the submitit job submitted now
+
+        def submit(group: list[Task], dependency: str | None) -> None:
+            extra = dict(_sbatch_options(cluster))
+            if executor == "slurm" and dependency is not None:
+                extra |= {"dependency": f"afterok:{dependency}", "kill_on_invalid_dep": "yes"}
+            pool.update_parameters(slurm_additional_parameters=extra)
+            with pool.batch():  # one job array
+                submitted = [(task, pool.submit(TaskJob(), task, ctx)) for task in group]
+            for task, job in submitted:
+                handles[task.key] = job
+                results[task.key] = Submission(task, "submitted", job.job_id)
+                jobs[task.key] = {**_job_record(task, job.job_id), "executor": executor}
+            _write_jobs(folder, jobs)  # after every batch: a later sbatch that fails loses no job id
+
         shared = [t for t in tasks if t.kind == "shared" and t.key not in results]
-        with pool.batch():
-            for task in shared:
-                submitted[task.key] = pool.submit(run_task, task, ctx)
+        submit(shared, None)
         if executor != "slurm":  # no dependencies locally: the pre-trainings end first
             for task in shared:
-                _wait(submitted[task.key])
+                results[task.key] = _ran(task, handles[task.key], opened)
         by_parent: dict[str | None, list[Task]] = {}
         for task in tasks:
             if task.kind == "arm" and task.key not in results:
                 by_parent.setdefault(task.depends_on, []).append(task)
         for parent, group in by_parent.items():
-            if parent in results and results[parent].state == "failed":  # nothing to train on
-                results.update((task.key, Submission(task, "blocked")) for task in group)
+            before = results.get(parent)
+            parent_failed = before is not None and (
+                before.state in ("failed", "blocked") or (before.outcome is not None and before.outcome.status != "FINISHED")
+            )
+            if parent_failed:
+                results.update((task.key, Submission(task, "blocked")) for task in group)  # nothing to train on
                 continue
-            waiting = parent in results and results[parent].state == "queued"
-            after = submitted[parent].job_id if parent in submitted else (results[parent].job_id if waiting else None)
-            extra = dict(_sbatch_options(cluster))
-            if executor == "slurm" and after is not None:
-                extra["dependency"] = f"afterok:{after}"
-            pool.update_parameters(slurm_additional_parameters=extra)
-            with pool.batch():  # one job array per pre-training
-                for task in group:
-                    submitted[task.key] = pool.submit(run_task, task, ctx)
-        by_key = {task.key: task for task in tasks}
-        _write_jobs(folder, {**jobs, **{key: _job_record(by_key[key], job.job_id) for key, job in submitted.items()}})
-        for key, job in submitted.items():
-            task = by_key[key]
-            if executor == "slurm":
-                results[key] = Submission(task, "submitted", job.job_id)
-            else:
-                _wait(job)
-                results[key] = Submission(task, "ran", job.job_id, _outcome(task, ctx))
+            waits = before is not None and before.state in ("queued", "submitted")
+            submit(group, before.job_id if waits else None)
+        if executor != "slurm":
+            for task in tasks:
+                if results[task.key].state == "submitted":
+                    results[task.key] = _ran(task, handles[task.key], opened)
         ordered = [results[task.key] for task in tasks]
         if any(item.state in ("submitted", "queued") for item in ordered):
             tracker.mark_scheduled(opened.parent)
         else:
-            failed = any(item.outcome is not None and item.outcome.status == "FAILED" for item in ordered)
+            failed = any(item.state in ("failed", "blocked") or (item.outcome and item.outcome.status != "FINISHED") for item in ordered)
             tracker.end_run(opened.parent, "FAILED" if failed else "FINISHED")
     return ordered
+
+
+def _known(task: Task, opened: OpenStudy, jobs: Mapping, states: Mapping[str, str], retry_failed: bool) -> Submission | None:
+    """What a task already is: done in the store, queued or running as a job, failed before
+    (kept, with its traceback, unless ``--retry-failed``); None: to submit."""
+    key = opened.run_key(task)
+    if opened.tracker.find_run(key) is not None:
+        return Submission(task, "done")
+    if states.get(task.key) in WAITING | RUNNING:
+        return Submission(task, "queued", jobs[task.key]["job_id"])
+    if not retry_failed and opened.tracker.find_run(key, status="FAILED") is not None:
+        return Submission(task, "failed")
+    return None
+
+
+def _ran(task: Task, job: Any, opened: OpenStudy) -> Submission:
+    """A local job, once it ended: its task's outcome as the store records it (read only: a job
+    that left no finished run is not trained here)."""
+    job_id = job.job_id
+    try:
+        job.result()
+    except Exception as err:  # noqa: BLE001 - the job's exception: its run holds the traceback
+        log.warning("job %s (%s) failed: %s", job_id, task.describe(), (str(err).strip().splitlines() or [repr(err)])[-1])
+    run_id = opened.tracker.find_run(opened.run_key(task))
+    if run_id is None:
+        return Submission(task, "ran", job_id, TaskOutcome(task, "FAILED", error=f"job {job_id} left no finished run"))
+    return Submission(task, "ran", job_id, TaskOutcome(task, "FINISHED", run_id, stored_metrics(opened.tracker, task, run_id)))
 
 
 def job_states(folder: Path, jobs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
@@ -223,21 +267,21 @@ def study_status(study: str, tracker: Any, workdir: Path, slurm: bool) -> list[d
         state = {"FINISHED": "done", "FAILED": "failed", "RUNNING": "running", "KILLED": "interrupted"}[run.status]
         rows.setdefault(key, {"arm": key[0], "seed": key[1], "stage": key[2], "state": state, "job": "", "run": run.run_id,
                               "hash": tags.get(names.TAG_CONFIG_HASH, "")})  # fmt: skip
-    states = job_states(folder, jobs) if slurm else {}
-    tracked = {row["hash"] for row in rows.values()}
+    states = job_states(folder, {k: j for k, j in jobs.items() if j.get("executor") == "slurm"}) if slurm else {}
     for task_key, job in jobs.items():
         match = next((row for row in rows.values() if row["hash"] == job["hash"]), None)
         if match is not None:
             match["job"] = job["job_id"]
             continue
         state = states.get(task_key)
-        shown = "queued" if state in WAITING else "running" if state in RUNNING else ("lost" if slurm else "submitted")
-        if job["hash"] not in tracked:
-            rows[(job["arm"], str(job["seed"]), job["stage"])] = {
-                "arm": job["arm"], "seed": str(job["seed"]), "stage": job["stage"], "state": shown, "job": job["job_id"], "run": "",
-                "hash": job["hash"],
-            }  # fmt: skip
-    return sorted(rows.values(), key=lambda row: (row["seed"], row["stage"] != "pretrain", row["arm"]))
+        on_slurm = slurm and job.get("executor") == "slurm"
+        shown = "queued" if state in WAITING else "running" if state in RUNNING else ("lost" if on_slurm else "submitted")
+        rows[(job["arm"], str(job["seed"]), job["stage"])] = {
+            "arm": job["arm"], "seed": str(job["seed"]), "stage": job["stage"], "state": shown, "job": job["job_id"], "run": "",
+            "hash": job["hash"],
+        }  # fmt: skip
+    seed = lambda row: int(row["seed"]) if row["seed"].isdigit() else -1  # noqa: E731
+    return sorted(rows.values(), key=lambda row: (seed(row), row["stage"] != PRETRAIN.name, row["arm"]))
 
 
 def _parameters(cluster: ClusterOptions, gpus: int, name: str) -> dict[str, Any]:
@@ -264,19 +308,6 @@ def _sbatch_options(cluster: ClusterOptions) -> list[tuple[str, str]]:
             raise UserError(f"cluster.sbatch: {line!r} is not --key=value")
         options.append((key.replace("-", "_"), value))
     return options
-
-
-def _wait(job: Any) -> None:
-    """Wait for a local job; a failed task is recorded in the store, so its error is only logged."""
-    try:
-        job.result()
-    except Exception as err:  # noqa: BLE001 - submitit re-raises the job's exception
-        log.warning("job %s failed: %s", job.job_id, str(err).strip().splitlines()[-1] if str(err).strip() else err)
-
-
-def _outcome(task: Task, ctx: TaskContext) -> TaskOutcome:
-    """A finished job's task as the store records it (a cached replay: no training)."""
-    return execute_task(task, ctx, None, lambda event: None)
 
 
 def _job_record(task: Task, job_id: str) -> dict[str, Any]:

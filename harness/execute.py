@@ -56,7 +56,7 @@ if TYPE_CHECKING:  # mlflow is imported where a store is used, so a dry run neve
 __all__ = [
     "Task", "TaskOutcome", "TaskContext", "TaskStopped", "StudyInterrupted", "StudyResult", "Reporter",
     "run_study", "plan_study", "plan_tasks", "execute_task", "study_lock", "SHARED_LABEL", "OpenStudy", "open_study",
-    "task_run_key",
+    "task_run_key", "stored_metrics",
 ]
 
 SHARED_LABEL = "shared"  # arm label of a pre-training that several arms share
@@ -240,7 +240,7 @@ def run_study(
         max_runs: refuse a plan of more (arm, seed) runs than this (None: no limit).
         share_checkpoints: log each pre-training's best checkpoint to the store, so workdirs
             that share only the store fetch it instead of training it again.
-        launch: processes per stage (``--nproc-per-node``, ``--nnodes``): more than one runs
+        launch: processes per stage (``--nproc-per-node``): more than one runs
             each stage under torch's launcher, one tracking run still.
 
     Raises:
@@ -323,6 +323,16 @@ def open_study(
         _log_study(tracker, parent, study, path, plan)
         context = TaskContext(str(workdir), tracking_uri, study.name, parent, retry_failed, prov, share_checkpoints, launch)
         yield OpenStudy(study, plan, tasks, tracker, parent, context)
+
+
+def stored_metrics(tracker: Tracker, task: Task, run_id: str) -> dict[str, float]:
+    """A finished task's metrics as its run in the store holds them: test metrics, and the
+    validation metrics of the selected epoch (as a stage that runs here reports them)."""
+    metrics = tracker.final_metrics(run_id)
+    training = next((s for s in task.stages if STAGES[s.kind].trains), None)
+    if training is not None:
+        metrics |= tracker.selected_validation(run_id, training.config.eval.select_metric)[1]
+    return metrics
 
 
 def task_run_key(task: Task, study: str) -> Any:
@@ -524,11 +534,7 @@ def _execute_task(
         label=task.label, pretrain_run_id=pretrain_run, retry_failed=ctx.retry_failed,
     )  # fmt: skip
     if claim.kind == "finished":  # done, in this workdir or another: its outputs are in the store
-        metrics = tracker.final_metrics(claim.run_id)
-        training = next((s for s in task.stages if STAGES[s.kind].trains), None)
-        if training is not None:  # val/*: at the selected epoch, as a stage run here reports them
-            metrics |= tracker.selected_validation(claim.run_id, training.config.eval.select_metric)[1]
-        return TaskOutcome(task, "FINISHED", claim.run_id, metrics, cached=True)
+        return TaskOutcome(task, "FINISHED", claim.run_id, stored_metrics(tracker, task, claim.run_id), cached=True)
     if claim.kind == "failed":
         return TaskOutcome(task, "FAILED", claim.run_id, error="failed in an earlier attempt (use --retry-failed)")
     if claim.kind == "busy":

@@ -54,8 +54,8 @@ def check_plan(plan: Plan, devices: Sequence[str] = ()) -> None:
 
 def check_launch(plan: Plan, launch: Launch, devices: Sequence[str] = ()) -> None:
     """That a stage can run on ``launch.world_size`` processes: every training stage's global
-    batch splits evenly between them, several nodes have a rendezvous, and ``--devices`` (one
-    worker per device) is not asked for as well.
+    batch splits evenly between them, and ``--devices`` (one worker per device) is not asked for
+    as well.
 
     Raises:
         UserError: naming the option, and the arm and key whose value does not fit.
@@ -64,15 +64,13 @@ def check_launch(plan: Plan, launch: Launch, devices: Sequence[str] = ()) -> Non
         return
     if devices:
         raise UserError("--devices and --nproc-per-node: give one (each launched rank takes the GPU of its local rank)")
-    if launch.nnodes > 1 and not launch.rdzv_endpoint:
-        raise UserError(f"--nnodes {launch.nnodes} needs --rdzv-endpoint HOST:PORT, where the nodes meet")
     for run in plan.runs:
         for kind in TRAINING_STAGES:
             section = getattr(run.config, kind)
             if section.enabled and section.batch_size % launch.world_size:
                 raise UserError(
                     f"study {plan.study.name}, arm '{run.arm.label}': {kind}.batch_size={section.batch_size} does not"
-                    f" split between {launch.world_size} processes (--nproc-per-node x --nnodes); the global batch"
+                    f" split between {launch.world_size} processes (--nproc-per-node); the global batch"
                     " must divide evenly, so every process holds the same share"
                 )
 

@@ -124,6 +124,11 @@ def test_a_paper_scale_study_on_slurm_is_one_job_per_pretraining_and_an_array_af
     assert re.search(r"#SBATCH --array=0-3%\d+", array)  # the 4 decoder depths of seed 0
     assert "#SBATCH --dependency=afterok:501" in array  # they start once the pre-training succeeded
     assert "submitted" in result.output and "502_3" in result.output and "harness status decoder_depth" in result.output
+    # the collect command it suggests is the same submission (setting, processes, resources)
+    collect = next(line for line in result.output.splitlines() if "# again" in line)
+    for option in ("--setting flickr30k-vit224", "--nproc-per-node 4", "--executor slurm", "--partition gpu", "--sbatch=--constraint=a100"):
+        assert option in collect, option
+    assert "#SBATCH --kill-on-invalid-dep=yes" in array  # a failed pre-training cancels its array
 
     again = runner.invoke(app, args, terminal_width=200)  # sacct says PENDING: nothing is submitted twice
     assert again.exit_code == 0, again.output
