@@ -34,12 +34,14 @@ class EvalResult:
 def embed_split(model: D2SVSE, split: Split, config: Config, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed every image and every sparse caption of ``split`` once: ``(N, D)`` and ``(M, D)``.
 
-    Under torch.distributed each process embeds a contiguous share of the images and of the
-    captions, and every process gets the whole gathered matrices (rows in split order)."""
+    Under torch.distributed each process embeds a contiguous share of whole ``eval.batch_size``
+    batches of the images and of the captions (every batch the one-process batch: an unmasked
+    decoder's embeddings depend on their batch), and every process gets the whole gathered
+    matrices (rows in split order)."""
     model.eval()
     batch = config.eval.batch_size
     rank, world_size = world()
-    mine = [_share(len(split.images), rank, world_size), _share(len(split.captions), rank, world_size)]
+    mine = [_share(len(split.images), rank, world_size, batch), _share(len(split.captions), rank, world_size, batch)]
     images = [
         model.embed_images(eval_images(split.images, range(i, min(i + batch, mine[0].stop)), config.data.image_size).to(device))
         for i in range(mine[0].start, mine[0].stop, batch)
@@ -50,27 +52,29 @@ def embed_split(model: D2SVSE, split: Split, config: Config, device: torch.devic
     text_emb = torch.cat(texts).float() if texts else torch.empty(0, dim, device=device)
     if world_size == 1:
         return image_emb, text_emb
-    return _gather_rows(image_emb, len(split.images)), _gather_rows(text_emb, len(split.captions))
+    return _gather_rows(image_emb, len(split.images), batch), _gather_rows(text_emb, len(split.captions), batch)
 
 
-def _share(n: int, rank: int, world_size: int) -> range:
-    """Rank ``rank``'s contiguous share of ``n`` rows (the first ``n % world_size`` ranks take one more)."""
-    size, extra = divmod(n, world_size)
-    start = rank * size + min(rank, extra)
-    return range(start, start + size + (rank < extra))
+def _share(n: int, rank: int, world_size: int, block: int) -> range:
+    """Rank ``rank``'s contiguous share of ``n`` rows in whole blocks of ``block`` rows (the first
+    ranks take one block more; the last block may be short)."""
+    blocks = -(-n // block)
+    size, extra = divmod(blocks, world_size)
+    first = rank * size + min(rank, extra)
+    return range(min(n, first * block), min(n, (first + size + (rank < extra)) * block))
 
 
-def _gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
+def _gather_rows(local: torch.Tensor, n: int, block: int) -> torch.Tensor:
     """Every rank's share (:func:`_share`), in rank order: the ``(n, D)`` matrix on every process."""
     import torch.distributed as dist
 
-    rank, world_size = world()
-    longest = len(_share(n, 0, world_size))
-    padded = torch.zeros(longest, local.shape[1], dtype=local.dtype, device=local.device)
+    _, world_size = world()
+    sizes = [len(_share(n, r, world_size, block)) for r in range(world_size)]
+    padded = torch.zeros(max(sizes), local.shape[1], dtype=local.dtype, device=local.device)
     padded[: len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(parts, padded)  # all_gather needs one shape: shares differ by at most a row
-    return torch.cat([part[: len(_share(n, r, world_size))] for r, part in enumerate(parts)])
+    dist.all_gather(parts, padded)  # all_gather needs one shape: the shares are padded to the longest
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
 
 def evaluate(model: D2SVSE, split: Split, config: Config, device: torch.device | str = "cpu") -> EvalResult:

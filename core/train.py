@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from core.checkpoint import (
+    DAMAGED,
     DamagedCheckpoint,
     checkpoint_problem,
     load_checkpoint,
@@ -55,7 +56,6 @@ __all__ = [
     "load_model",
 ]
 
-DAMAGED = ".damaged"  # suffix of a damaged checkpoint's files, kept for inspection
 log = logging.getLogger(__name__)
 
 # One epoch, in bare names (the harness names them for its store): ``{"train": {"loss", <loss
@@ -230,7 +230,7 @@ def train_stage(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
 
-    history: list[dict[str, float]] = []
+    history: list[EpochRecord] = []
     checkpoint_seconds = 0.0
     best_epoch, best_score, best_metrics, start_epoch = -1, -math.inf, {}, 0
     resume = _resume_point(out_dir, stage)

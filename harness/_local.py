@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.checkpoint import DAMAGED
 from core.files import atomic_write_text
 from core.stages import BEST_CHECKPOINT
 from harness._locks import flock
@@ -53,7 +54,8 @@ class StageOutputs:
     def from_json(cls, text: str) -> StageOutputs:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in json.loads(text).items() if key in known})
-DAMAGED = ".damaged"
+
+
 log = logging.getLogger("harness")
 
 

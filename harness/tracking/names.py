@@ -71,6 +71,8 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     out |= {val_metric(metric): float(value) for metric, value in record.get("val", {}).items()}
     if "lr" in record:
         out[LR] = float(record["lr"])
+    # epochs a stage checkpointed before the trainer spoke bare names (resumed now): named already
+    out |= {name: float(value) for name, value in record.items() if "/" in name}
     return out
 
 

@@ -512,7 +512,7 @@ class Tracker:
         """
         return dict(self._client.get_run(run_id).data.metrics)
 
-    def epoch_metrics(self, run_id: str, prefix: str) -> list[dict[str, float]]:
+    def metric_history(self, run_id: str, prefix: str) -> list[dict[str, float]]:
         """The run's per-epoch metrics whose names start with ``prefix`` (``"val/"``): one
         ``{name: value}`` per logged step, in step order (what a stage's record holds as history).
 
@@ -535,7 +535,7 @@ class Tracker:
             run_id: the run.
             select_metric: ``eval.select_metric`` of its stage.
         """
-        history = self.epoch_metrics(run_id, names.VAL_PREFIX)
+        history = self.metric_history(run_id, names.VAL_PREFIX)
         key = names.val_metric(select_metric)
         scored = [epoch for epoch in history if key in epoch]
         return history, (max(scored, key=lambda epoch: epoch[key]) if scored else {})  # max: the first of equals
