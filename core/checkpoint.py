@@ -26,11 +26,9 @@ from core.errors import UserError
 from core.files import atomic_write, atomic_write_text
 
 __all__ = [
-    "DAMAGED", "DamagedCheckpoint", "save_checkpoint", "load_checkpoint", "checkpoint_problem", "load_weights",
+    "DamagedCheckpoint", "save_checkpoint", "load_checkpoint", "checkpoint_problem", "load_weights",
     "optimizer_to_flat", "optimizer_from_flat",
 ]
-
-DAMAGED = ".damaged"  # suffix of a damaged checkpoint's files, set aside for inspection
 
 INTEGRITY = "_file"  # sidecar key: {"bytes", "sha256"} of the tensor file it describes
 _CHUNK = 1 << 23  # bytes hashed per read

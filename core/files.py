@@ -15,7 +15,9 @@ from pathlib import Path
 
 from core.errors import UserError
 
-__all__ = ["read_utf8", "atomic_write", "atomic_write_text", "fsync_file"]
+__all__ = ["read_utf8", "atomic_write", "atomic_write_text", "fsync_file", "DAMAGED"]
+
+DAMAGED = ".damaged"  # suffix of a damaged file set aside (a checkpoint), kept for inspection
 
 
 def read_utf8(path: str | os.PathLike, what: str = "") -> str:

@@ -28,7 +28,6 @@ import torch
 import yaml
 
 from core.checkpoint import (
-    DAMAGED,
     DamagedCheckpoint,
     checkpoint_problem,
     load_checkpoint,
@@ -41,6 +40,7 @@ from core.config import Config, ModelConfig, OptimConfig, StageConfig
 from core.data import Collator, PairDataset, Split, build_splits
 from core.errors import UserError
 from core.evaluate import evaluate
+from core.files import DAMAGED
 from core.losses import build_losses
 from core.model import D2SVSE, build_model
 from core.runtime import autocast_dtype, init_distributed, seed_everything, world

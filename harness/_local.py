@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.checkpoint import DAMAGED
-from core.files import atomic_write_text
+from core.files import DAMAGED, atomic_write_text
 from core.stages import BEST_CHECKPOINT
 from harness._locks import flock
 from harness.plan import DONE, StageRecord, mark_done, stage_dir
