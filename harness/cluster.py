@@ -17,6 +17,7 @@ Resources come from a setting's ``cluster:`` section and the command's options (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -103,7 +104,11 @@ class TaskJob:
     """
 
     def __call__(self, task: Task, ctx: TaskContext) -> str:
+        from harness.tracking import provenance
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        # the node's machine, and the code as the job finds it (not the login node's at submission)
+        ctx = dataclasses.replace(ctx, provenance=provenance())
         outcome = execute_task(task, ctx, None, lambda event: log.info("%s %s", task.describe(), event))
         if outcome.status != "FINISHED":
             raise RuntimeError(f"{task.describe()}: {outcome.status} ({outcome.error})")
