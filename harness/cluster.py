@@ -167,6 +167,8 @@ def submit_study(
         handles: dict[str, Any] = {}  # task key -> the submitit job submitted now
 
         def submit(group: list[Task], dependency: str | None) -> None:
+            if not group:
+                return
             extra = dict(_sbatch_options(cluster))
             if executor == "slurm" and dependency is not None:
                 extra |= {"dependency": f"afterok:{dependency}", "kill_on_invalid_dep": "yes"}
