@@ -423,7 +423,12 @@ def _run_parallel(
     free = list(slots)
     futures: dict[Future, tuple[Task, str | None]] = {}
     by_key = {t.key: t for t in tasks}
-    cores = usable_cores()
+    # each worker a fixed share of the cores (on 2 cores two 1-thread processes train 1.6x faster
+    # than one 2-thread process, README; more threads than cores: up to 10x slower). Fixed, not
+    # by how many tasks run at once: the thread count changes floating-point rounding, and two
+    # runs of one study on one machine must give the same numbers (measured: a pre-training on 2
+    # threads instead of 1 moved the test rSum of the fine-tunings on it by up to 15)
+    threads = max(1, usable_cores() // len(slots))
     with ProcessPoolExecutor(max_workers=len(slots), mp_context=spawn) as pool:
         while pending or futures:
             if not futures and not any(_ready(t, done) and wake.get(t.key, 0.0) <= time.monotonic() for t in pending):
@@ -440,10 +445,6 @@ def _run_parallel(
                 elif len(starting) < len(free):
                     pending.remove(task)
                     starting.append(task)
-            # the cores are shared by the tasks running at once: a lone pre-training gets them all,
-            # each of two fine-tunings half (on 2 cores two 1-thread processes train 1.6x faster
-            # than one 2-thread process, README; more threads than cores: up to 10x slower)
-            threads = max(1, cores // max(1, len(futures) + len(starting)))
             for task in starting:
                 slot = free.pop(0)
                 reporter.task_started(task)
