@@ -129,19 +129,8 @@ def cluster_section(setting: str | os.PathLike | None = None) -> dict[str, Any]:
     """A setting's ``cluster:`` section (the cluster resources of ``harness run --executor
     slurm``), over the sections of the settings it extends; ``{}`` when none has one."""
     section: dict[str, Any] = {}
-    path, seen = setting_path(setting if setting is not None else DEFAULT_SETTING), ()
-    chain = []
-    while True:
-        if path.resolve() in seen:
-            raise UserError(f"{path}: 'extends' cycle through {', '.join(map(str, seen))}")
-        raw = _read_setting(path) or {}
-        chain.append((path, raw))
-        seen = (*seen, path.resolve())
-        if not isinstance(raw, Mapping) or "extends" not in raw:
-            break
-        path = setting_path(raw["extends"])
-    for path, raw in reversed(chain):  # the extended setting first, the named one last
-        found = raw.get(CLUSTER_KEY) if isinstance(raw, Mapping) else None
+    for path, raw in _setting_chain(setting_path(setting if setting is not None else DEFAULT_SETTING), ()):
+        found = raw.get(CLUSTER_KEY)
         if found is not None and not isinstance(found, Mapping):
             raise UserError(f"{path}: 'cluster' must be a mapping of options (partition, time, gpus_per_node, ...)")
         section.update(found or {})
@@ -149,20 +138,24 @@ def cluster_section(setting: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- internals
-def _setting_items(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, Any, str]]:
-    """A setting file as (dotted key, value, source); ``extends: NAME`` is read first."""
+def _setting_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[Path, dict[str, Any]]]:
+    """A setting file and the ones it ``extends:``, as (path, mapping), the extended one first."""
     if path.resolve() in seen:
         raise UserError(f"{path}: 'extends' cycle through {', '.join(map(str, seen))}")
     raw = _read_setting(path) or {}
     if not isinstance(raw, Mapping):
         raise UserError(f"{path}: a setting must be a mapping of config sections")
     raw = dict(raw)
-    raw.pop(CLUSTER_KEY, None)  # where jobs run (harness.cluster), not what they compute
+    chain = _setting_chain(setting_path(raw.pop("extends")), (*seen, path.resolve())) if "extends" in raw else []
+    return [*chain, (path, raw)]
+
+
+def _setting_items(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, Any, str]]:
+    """A setting file as (dotted key, value, source); ``extends: NAME`` is read first."""
     items: list[tuple[str, Any, str]] = []
-    if "extends" in raw:
-        items += _setting_items(setting_path(raw.pop("extends")), (*seen, path.resolve()))
-    source = f"setting {path.name}"
-    items += [(key, value, source) for key, value in flatten(raw).items()]
+    for file, raw in _setting_chain(path, seen):
+        raw = {key: value for key, value in raw.items() if key != CLUSTER_KEY}  # where jobs run, not what they compute
+        items += [(key, value, f"setting {file.name}") for key, value in flatten(raw).items()]
     return items
 
 
