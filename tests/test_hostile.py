@@ -317,7 +317,9 @@ def _mid_finetune(work: Path) -> Path | None:
 def interrupted(tmp_path_factory, store):
     """`harness run` interrupted with SIGINT (Ctrl-C) once its fine-tuning has an epoch checkpoint."""
     tmp = tmp_path_factory.mktemp("interrupted")
-    study = write_study(tmp, "interrupted", base={"pretrain.enabled": False, "finetune.epochs": 2})
+    # Many short epochs: the signal must land while the stage still runs. With 2, an idle machine
+    # finished the second epoch between the first checkpoint being seen and SIGINT arriving.
+    study = write_study(tmp, "interrupted", base={"pretrain.enabled": False, "finetune.epochs": 20})
     uri, work = store, tmp / "work"
     command = [sys.executable, "-m", "harness", "run", str(study), "--workdir", str(work), "--tracking-uri", uri, "--quiet"]
     proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -328,6 +330,7 @@ def interrupted(tmp_path_factory, store):
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=120)[0]
     folder = _mid_finetune(work)
+    assert folder is not None, f"the fine-tuning finished before SIGINT arrived:\n{output}"
     runs = {r.data.tags[names.TAG_STAGE]: (r.info.status, r.info.run_id) for r in runs_of(uri, "interrupted")}
     return SimpleNamespace(code=proc.returncode, output=output, runs=runs, folder=folder, study=study, uri=uri,
                            work=work, problem=checkpoint_problem(folder / "last.safetensors"))  # fmt: skip
