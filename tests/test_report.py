@@ -471,6 +471,29 @@ def test_build_report_writes_tables_and_figures_and_logs_them_on_the_parent(tmp_
     assert not (tmp_path / "out" / ESCAPE_STUDY).exists()
 
 
+def test_a_report_of_every_study_written_by_worker_processes_is_the_one_written_in_one(tmp_path, monkeypatch):
+    store = fill_store(tmp_path / "store")
+    written = {}
+    for cores in (2, 1):  # 2: one forked process per core writes each study; 1: this process writes them
+        monkeypatch.setattr("harness.report._build.usable_cores", lambda: cores)
+        out = tmp_path / f"cores{cores}"
+        written[cores] = [p.relative_to(out) for p in build_report(store.uri, out_dir=out, latex=True)]
+    assert written[2] == written[1] and {p.parts[0] for p in written[1]} == {DEPTH_STUDY, ESCAPE_STUDY}
+    for table in (p for p in written[1] if p.suffix in (".md", ".csv", ".tex")):
+        assert (tmp_path / "cores2" / table).read_text() == (tmp_path / "cores1" / table).read_text(), table
+    logged = MlflowClient(tracking_uri=store.uri).list_artifacts(store.parents[ESCAPE_STUDY], names.ARTIFACT_FIGURES)
+    assert sorted(Path(a.path).name for a in logged) == ["ablation.pdf", "ablation.png", "curves.pdf", "curves.png"]
+
+
+def test_a_damaged_ranks_artifact_is_named_even_when_a_worker_process_read_it(tmp_path, monkeypatch):
+    store = fill_store(tmp_path / "store")
+    monkeypatch.setattr("harness.report._build.usable_cores", lambda: 2)
+    (damaged,) = list((tmp_path / "store" / "mlartifacts" / ESCAPE_STUDY).rglob(names.ARTIFACT_RANKS))[:1]
+    damaged.write_bytes(b"not a zip file")
+    with pytest.raises(UserError, match=f"run {damaged.parent.parent.name}: ranks.npz is not a readable .npz file"):
+        build_report(store.uri, out_dir=tmp_path / "out")
+
+
 def test_build_report_refuses_an_unknown_metric(report_store, tmp_path):  # noqa: F811
     with pytest.raises(UserError, match="unknown metric 'rsumm'.*i2t_r1"):
         build_report(report_store.uri, out_dir=tmp_path, metric="rsumm")

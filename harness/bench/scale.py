@@ -43,10 +43,12 @@ _DRY_RUN_KEYS = ("model.decoder.depth", "model.decoder.num_tokens", "finetune.di
 
 
 def write_store(
-    uri: str, studies: int, arms: int, seeds: int, epochs: int = 3, n_images: int = 200, captions_per_image: int = 5, seed: int = 0
+    uri: str, studies: int, arms: int, seeds: int, epochs: int = 3, seed: int = 0
 ) -> int:
     """Write ``studies`` studies of ``arms`` x ``seeds`` fine-tuning runs plus one pre-training
-    run per seed into the store at ``uri``; returns the number of stage runs written.
+    run per seed into the store at ``uri``; returns the number of stage runs written. Ranks have
+    the sizes of the default setting's splits (validation per epoch, test once per run), so the
+    report bootstraps what a real store of that setting holds.
 
     Args:
         uri: the tracking URI (created if absent).
@@ -54,8 +56,6 @@ def write_store(
         arms: arms per study (a decoder-depth grid ``depth=0 .. arms-1``).
         seeds: seeds per study.
         epochs: logged epochs per run.
-        n_images: test images behind each run's ranks (``captions_per_image`` texts each).
-        captions_per_image: test captions per image.
         seed: seeds the random ranks.
     """
     init_store(uri)
@@ -63,6 +63,8 @@ def write_store(
     tracker = Tracker(uri, provenance=clean)
     rng = np.random.default_rng(seed)
     config = resolve(DEFAULT_SETTING)
+    sizes = config.data.synthscenes
+    val_split, test_split = (sizes.num_val, sizes.captions_per_image), (sizes.num_test, sizes.captions_per_image)
     params, config_text = flatten(config), config_to_yaml(config)
     written = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,14 +77,14 @@ def write_store(
             tracker.log_artifact_text(parent, names.ARTIFACT_STUDY, yaml.safe_dump(study, sort_keys=False))
             for run_seed in range(seeds):
                 pretrain = tracker.start_run(RunKey(study["name"], "shared", run_seed, PRETRAIN.name, _hash(rng)), parent, params)
-                _log_epochs(tracker, pretrain, epochs, rng, n_images, captions_per_image)
+                _log_epochs(tracker, pretrain, epochs, rng, val_split)
                 tracker.end_run(pretrain)
                 written += 1
                 for label in labels:
                     run = tracker.start_run(RunKey(study["name"], label, run_seed, FINETUNE.name, _hash(rng)), parent, params, pretrain_run_id=pretrain)
                     tracker.log_artifact_text(run, names.ARTIFACT_CONFIG, config_text)
-                    _log_epochs(tracker, run, epochs, rng, n_images, captions_per_image)
-                    i2t, t2i = _ranks(rng, n_images, captions_per_image)
+                    _log_epochs(tracker, run, epochs, rng, val_split)
+                    i2t, t2i = _ranks(rng, *test_split)
                     tracker.log_metrics(run, {names.test_metric(k): v for k, v in metrics_from_ranks(i2t, t2i).items()}, step=0)
                     np.savez(ranks_file, i2t=i2t, t2i=t2i)
                     tracker.log_artifact_file(run, ranks_file)
@@ -110,13 +112,16 @@ def bench_report(studies: int = 10, arms: int = 19, seeds: int = 5, repeats: int
         command = [sys.executable, "-m", "harness", "report", "--out", str(tmp / "reports"), "--tracking-uri", uri]
         walls = [_run(command, tmp / "report.log") for _ in range(repeats)]
         tables = len(list((tmp / "reports").glob("*/table.md")))
+    sizes = resolve(DEFAULT_SETTING).data.synthscenes
     figures = {"harness report": Figure(tuple(walls), "s"), "writing the store (Tracker)": Figure((generation,), "s")}
     return {
         "figures": figures_json(figures),
         "checks": [check(f"harness report over {runs} runs, wall time", figures["harness report"].median, "<", REPORT_TARGET_S, "s", ISSUE)],
         "notes": [
             f"A store of {studies} studies, each {arms} arms x {seeds} seeds of fine-tuning runs plus {seeds} pre-training"
-            f" runs: {runs} stage runs, written through Tracker. `harness report` wrote {tables} tables (and their plots).",
+            f" runs: {runs} stage runs, written through Tracker; each fine-tuning run's test ranks cover {sizes.num_test}"
+            f" images x {sizes.captions_per_image} captions ({DEFAULT_SETTING}'s test split). `harness report` wrote"
+            f" {tables} tables (and their plots).",
         ],
         "runs": runs,
         "studies": studies,
@@ -194,9 +199,9 @@ def _ranks(rng: np.random.Generator, n_images: int, captions_per_image: int) -> 
     return i2t, t2i
 
 
-def _log_epochs(tracker: Tracker, run: str, epochs: int, rng: np.random.Generator, n_images: int, captions_per_image: int) -> None:
+def _log_epochs(tracker: Tracker, run: str, epochs: int, rng: np.random.Generator, split: tuple[int, int]) -> None:
     for epoch in range(epochs):
-        val = metrics_from_ranks(*_ranks(rng, n_images, captions_per_image))
+        val = metrics_from_ranks(*_ranks(rng, *split))
         losses = {names.TRAIN_LOSS: float(rng.uniform(1, 3)), names.train_metric("align_loss"): float(rng.uniform(1, 3))}
         rates = {names.LR: 1e-3, names.PAIRS_PER_S: float(rng.uniform(100, 200))}
         tracker.log_metrics(run, {**losses, **rates, **{names.val_metric(k): v for k, v in val.items()}}, step=epoch)

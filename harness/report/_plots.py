@@ -77,7 +77,8 @@ def plot_ablation(report: StudyReport, metric: str) -> Figure | None:
         ax.set_title(report.view.name)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
-        _untangle_ticks(fig, ax)
+        if not numeric:  # a numeric axis's locator spaces its ticks; arm labels may collide
+            _untangle_ticks(fig, ax)
     return fig
 
 
@@ -172,7 +173,7 @@ def _untangle_ticks(fig: Figure, ax: Axes) -> None:
 
 
 def _overlapping(fig: Figure, ax: Axes) -> bool:
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # places the labels without rasterising the figure
     renderer = fig.canvas.get_renderer()
     boxes = sorted(
         (label.get_window_extent(renderer) for label in ax.get_xticklabels() if label.get_text()),

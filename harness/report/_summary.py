@@ -14,7 +14,7 @@ import pandas as pd
 
 from core.metric_keys import RECALLS, RSUM, TABLE_ORDER
 from core.stages import FINETUNE
-from harness.report._bootstrap import Delta, Ranks, paired_bootstrap_rsum
+from harness.report._bootstrap import Delta, PairedDifference, Ranks, bootstrap_deltas, paired_difference
 from harness.report._labels import lower_is_better
 from harness.report._power import Power, power, shared_query_se
 from harness.report._study import StudyView
@@ -256,19 +256,24 @@ def _deltas(
     base = by_arm.get(view.baseline)
     if not base:
         return {}, {}, (*notes, f"no deltas: the baseline '{view.baseline}' has no finished run with per-query ranks")
-    deltas, query_se = {}, {}
+    # Every comparison first, then one resampling for all of them (bootstrap_deltas).
+    joint: dict[str, PairedDifference] = {}
+    alone: dict[str, list[PairedDifference]] = {}
     for arm, runs in by_arm.items():
         if arm == view.baseline:
             continue
         try:
-            deltas[arm] = paired_bootstrap_rsum(runs, base, n_resamples, level, seed)
+            joint[arm] = paired_difference(runs, base)
         except ValueError as err:  # different test sets: say so instead of a meaningless number
             notes.append(f"no delta for {arm}: {err}")
             continue
         shared = sorted(set(runs) & set(base))
         if len(shared) >= 2:  # each seed alone: the per-seed bootstrap variances
-            alone = [paired_bootstrap_rsum({s: runs[s]}, {s: base[s]}, n_resamples, level, seed).se ** 2 for s in shared]
-            query_se[arm] = shared_query_se(deltas[arm].se ** 2, alone)
+            alone[arm] = [paired_difference({s: runs[s]}, {s: base[s]}) for s in shared]
+    comparisons = [*joint.values(), *(d for per_seed in alone.values() for d in per_seed)]
+    found = iter(bootstrap_deltas(comparisons, n_resamples, level, seed))
+    deltas = {arm: next(found) for arm in joint}
+    query_se = {arm: shared_query_se(deltas[arm].se ** 2, [next(found).se ** 2 for _ in per_seed]) for arm, per_seed in alone.items()}
     return deltas, query_se, tuple(notes)
 
 

@@ -29,6 +29,8 @@ from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.utils.file_utils import local_file_uri_to_path
+from mlflow.utils.uri import is_file_uri
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
 from core import metric_keys
@@ -37,7 +39,7 @@ from harness.tracking import names
 from harness.tracking.store import search_runs, sqlite_path
 
 __all__ = [
-    "StoredStudy", "FRAME_COLUMNS", "stored_studies", "runs_frame", "load_ranks", "log_figures",
+    "StoredStudy", "FRAME_COLUMNS", "stored_studies", "runs_frame", "study_runs_frame", "load_ranks", "log_figures",
     "StoredSweep", "TRIAL_COLUMNS", "HISTORY_COLUMNS", "parent_kinds", "stored_sweep", "trials_frame",
 ]
 
@@ -67,6 +69,7 @@ class StoredStudy:
         study_yaml: the study file's text (artifact ``study.yaml``), or None when absent.
         seeds: the seeds the last run asked for (``harness.seeds``; ``--seeds`` overrides the
             file's); empty when untagged.
+        experiment_id: the study's experiment ("" when not known: looked up by name).
     """
 
     name: str
@@ -75,6 +78,7 @@ class StoredStudy:
     baseline: str | None
     study_yaml: str | None
     seeds: tuple[int, ...] = ()
+    experiment_id: str = ""
 
 
 def stored_studies(uri: str, studies: Sequence[str] | None = None) -> list[StoredStudy]:
@@ -110,10 +114,29 @@ def runs_frame(uri: str, studies: Sequence[str] | None = None, history: Sequence
         UserError: as :func:`stored_studies`.
     """
     client = _client(uri)
+    return _frame(client, [(name, parent.info.experiment_id) for name, parent in _parents(client, uri, studies)], history)
+
+
+def study_runs_frame(uri: str, study: StoredStudy, history: Sequence[str] | None = None) -> pd.DataFrame:
+    """:func:`runs_frame` of one study already found (:func:`stored_studies`), without looking
+    up the store's studies again.
+
+    Args:
+        uri: the tracking URI.
+        study: the study.
+        history: as :func:`runs_frame`.
+    """
+    client = _client(uri)
+    experiment = study.experiment_id or client.get_experiment_by_name(study.name).experiment_id
+    return _frame(client, [(study.name, experiment)], history)
+
+
+def _frame(client: MlflowClient, studies: Sequence[tuple[str, str]], history: Sequence[str] | None) -> pd.DataFrame:
+    """The tidy frame of :func:`runs_frame` over ``(study name, experiment id)`` pairs."""
     rows = [
         row
-        for name, parent in _parents(client, uri, studies)
-        for run in _search(client, parent.info.experiment_id, _STAGE_RUNS)
+        for name, experiment in studies
+        for run in _search(client, experiment, _STAGE_RUNS)
         for row in _run_rows(client, name, run, history)
     ]
     frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
@@ -181,13 +204,11 @@ def _client(uri: str) -> MlflowClient:
 
 
 def _all_parents(client: MlflowClient, stage: str) -> dict[str, object]:
-    """{experiment name: its oldest parent run of ``stage``} over the store."""
+    """{experiment name: its oldest parent run of ``stage``} over the store, in one search."""
+    experiments = {e.experiment_id: e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)}
     found = {}
-    query = f"tags.`{names.TAG_STAGE}` = '{stage}'"
-    for experiment in client.search_experiments(view_type=ViewType.ACTIVE_ONLY):
-        parent = next(_search(client, experiment.experiment_id, query, order="asc"), None)
-        if parent is not None:
-            found[experiment.name] = parent
+    for parent in _search(client, list(experiments), f"tags.`{names.TAG_STAGE}` = '{stage}'", order="asc"):
+        found.setdefault(experiments[parent.info.experiment_id], parent)  # oldest first
     return found
 
 
@@ -216,6 +237,7 @@ def _stored_study(client: MlflowClient, name: str, parent) -> StoredStudy:
         baseline=tags.get(names.TAG_BASELINE),
         study_yaml=_artifact_text(client, parent.info.run_id, names.ARTIFACT_STUDY),
         seeds=tuple(int(s) for s in json.loads(tags.get(names.TAG_SEEDS, "[]"))),
+        experiment_id=parent.info.experiment_id,
     )
 
 
@@ -226,14 +248,19 @@ def _artifact_text(client: MlflowClient, run_id: str, name: str) -> str | None:
 
 @contextlib.contextmanager
 def _artifact(client: MlflowClient, run_id: str, name: str) -> Iterator[Path | None]:
-    """A top-level artifact downloaded into a temporary folder (None when the run lacks it).
+    """A top-level artifact as a local file (None when the run lacks it).
 
-    Downloaded straight from the run's artifact URI, known from the search that found the run:
-    asking by run id costs a ``get_run`` plus a listing per artifact, which over a 1,000-run
-    report was most of its time. Only a failed download lists the run's artifacts, to tell a
+    Found from the run's artifact URI, known from the search that found the run: asking by run
+    id costs a ``get_run`` plus a listing per artifact, which over a 1,000-run report was most of
+    its time. An artifact store on this file system is read in place; any other is downloaded
+    into a temporary folder, and only a failed download lists the run's artifacts, to tell a
     missing artifact (None) from a real error (raised).
     """
     root = _ARTIFACT_URIS.get(run_id) or client.get_run(run_id).info.artifact_uri
+    if is_file_uri(root) or "://" not in root:
+        path = Path(local_file_uri_to_path(root)) / name
+        yield path if path.is_file() else None
+        return
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = download_artifacts(artifact_uri=f"{root.rstrip('/')}/{name}", dst_path=tmp, tracking_uri=client.tracking_uri)
@@ -244,7 +271,7 @@ def _artifact(client: MlflowClient, run_id: str, name: str) -> Iterator[Path | N
         yield None if path is None else Path(path)
 
 
-def _search(client: MlflowClient, experiment_id: str, query: str, order: str = "desc") -> Iterator:
+def _search(client: MlflowClient, experiment_id: str | Sequence[str], query: str, order: str = "desc") -> Iterator:
     for run in search_runs(client, experiment_id, query, order):
         _ARTIFACT_URIS[run.info.run_id] = run.info.artifact_uri
         yield run

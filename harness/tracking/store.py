@@ -689,20 +689,23 @@ def _holders(tags: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------- helpers
-def search_runs(client: MlflowClient, experiment_id: str, query: str, order: str = "desc") -> Iterator[Any]:
-    """Every run of an experiment matching ``query``, by start time (``order``), paging through
-    MLflow's results (at most :data:`PAGE_SIZE` runs per request).
+def search_runs(client: MlflowClient, experiment_id: str | Sequence[str], query: str, order: str = "desc") -> Iterator[Any]:
+    """Every run of an experiment (or of several) matching ``query``, by start time (``order``),
+    paging through MLflow's results (at most :data:`PAGE_SIZE` runs per request).
 
     Args:
         client: the store's client.
-        experiment_id: the experiment.
+        experiment_id: the experiment, or a list of them.
         query: an MLflow filter string ("" for all).
         order: ``desc`` (newest first) or ``asc``.
     """
+    ids = [experiment_id] if isinstance(experiment_id, str) else list(experiment_id)
+    if not ids:
+        return
     token = None
     while True:
         page = client.search_runs(
-            [experiment_id], query, max_results=PAGE_SIZE, order_by=[f"attributes.start_time {order}"], page_token=token
+            ids, query, max_results=PAGE_SIZE, order_by=[f"attributes.start_time {order}"], page_token=token
         )
         yield from page
         token = page.token
