@@ -15,7 +15,7 @@ import yaml
 
 from core.errors import UserError
 from harness.bench import suite
-from harness.bench.endtoend import MAIN_JOB, MAIN_JOB_ARGS, bench_end_to_end, run_timed
+from harness.bench.endtoend import MAIN_JOB, MAIN_JOB_ARGS, MAIN_REPORT_ARGS, bench_end_to_end, run_timed
 from harness.bench.machine import NO_GPU, machine_info
 from harness.bench.measure import Figure, check, ratio_check, timed
 from harness.bench.overhead import bench_overhead
@@ -223,10 +223,12 @@ def test_sharing_benchmark_counts_stages_and_times_a_real_shared_run(tmp_path):
     assert result["stages_scratch"] == {"pretrain": 2, "finetune": 2, "eval": 2}
 
 
-def test_end_to_end_benchmark_times_harness_run_in_a_child_process(tmp_path):
-    result = bench_end_to_end(_tiny_study(tmp_path, depths=(0,)), args=("--dry-run",))  # the command, not the training
+def test_end_to_end_benchmark_times_harness_run_then_its_report_in_child_processes(tmp_path):
+    result = bench_end_to_end(_tiny_study(tmp_path, depths=(0,)), args=("--quiet",))
     wall = _check(result, "wall time on")
     assert wall["value"] == _median(result, "wall time") and wall["target"] == 600.0
+    parts = _median(result, "of which harness run"), _median(result, "of which harness report")
+    assert min(parts) > 0 and sum(parts) == pytest.approx(wall["value"])
     assert result["runs"] == 1 and _median(result, "peak resident memory") > 0
 
 
@@ -263,5 +265,5 @@ def test_overhead_benchmark_accounts_for_the_whole_wall_time():
 
 def test_the_end_to_end_benchmark_times_the_readmes_main_job_command():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    command = " ".join(["harness run", f"studies/{MAIN_JOB.name}", *MAIN_JOB_ARGS])
+    command = " ".join(["harness run", f"studies/{MAIN_JOB.name}", *MAIN_JOB_ARGS, "&& harness report", MAIN_JOB.stem, *MAIN_REPORT_ARGS])
     assert f"pip install -e . && {command}\n" in readme

@@ -132,7 +132,7 @@ def _sizes(values: dict[str, int]) -> str:
 
 
 def _reduced_splits(study: Study, scale: float) -> dict[str, int]:
-    """``data.synthscenes.num_*`` scaled, at least one batch of training images."""
+    """``data.synthscenes.num_*`` scaled, at least one batch of training images and whole test folds."""
     config = arm_config(study, expand_arms(study)[0])
     if config.data.source != "synthscenes":
         raise UserError(f"bench_sharing scales SynthScenes splits; the study reads data.source={config.data.source}")
@@ -140,4 +140,7 @@ def _reduced_splits(study: Study, scale: float) -> dict[str, int]:
     batch = max(config.pretrain.batch_size, config.finetune.batch_size)
     out = {f"data.synthscenes.{name}": max(1, round(getattr(sizes, name) * scale)) for name in _SPLITS}
     out["data.synthscenes.num_train"] = max(out["data.synthscenes.num_train"], batch)
+    fold = config.eval.fold_size
+    if fold:  # k-fold testing needs whole folds: a multiple of the fold size, at least one
+        out["data.synthscenes.num_test"] = max(fold, out["data.synthscenes.num_test"] // fold * fold)
     return out
