@@ -10,7 +10,6 @@ import multiprocessing.pool
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -195,10 +194,9 @@ def _write_studies(tracking_uri, studies, out_dir, latex, standalone, metric, lo
         (tracking_uri, record, metric, detect, Path(out_dir), latex or standalone, standalone)
         for record in stored_studies(tracking_uri, studies or None)
     ]
-    pending = [pool.apply_async(_write_study, job) if pool is not None else _Done(_write_study(*job)) for job in jobs]
+    results = pool.starmap(_write_study, jobs, chunksize=1) if pool is not None else [_write_study(*job) for job in jobs]
     written = []
-    for (_, record, *_), result in zip(jobs, pending):
-        tables, images = result.get()
+    for (_, record, *_), (tables, images) in zip(jobs, results):
         if log_to_store and images:
             log_figures(tracking_uri, record.parent_run_id, images)
         written += tables + images
@@ -255,16 +253,6 @@ def _fewer_collections(young: int = 50_000) -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
-
-
-@dataclass(frozen=True)
-class _Done:
-    """A result computed in this process, read like a pool's ``AsyncResult``."""
-
-    value: tuple[list[Path], list[Path]]
-
-    def get(self) -> tuple[list[Path], list[Path]]:
-        return self.value
 
 
 def _save(fig: Figure, stem: Path) -> list[Path]:
