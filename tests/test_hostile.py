@@ -313,16 +313,22 @@ def _mid_finetune(work: Path) -> Path | None:
     return None
 
 
+def _sigint_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory, store):
     """`harness run` interrupted with SIGINT (Ctrl-C) once its fine-tuning has an epoch checkpoint."""
     tmp = tmp_path_factory.mktemp("interrupted")
-    # Many short epochs: the signal must land while the stage still runs. With 2, an idle machine
-    # finished the second epoch between the first checkpoint being seen and SIGINT arriving.
-    study = write_study(tmp, "interrupted", base={"pretrain.enabled": False, "finetune.epochs": 20})
+    # Several epochs, so the signal lands while the stage still runs.
+    study = write_study(tmp, "interrupted", base={"pretrain.enabled": False, "finetune.epochs": 6})
     uri, work = store, tmp / "work"
     command = [sys.executable, "-m", "harness", "run", str(study), "--workdir", str(work), "--tracking-uri", uri, "--quiet"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the child the terminal's default, as Ctrl-C meets it.
+    proc = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_sigint_as_in_a_terminal)  # fmt: skip
     deadline = time.time() + 300
     while time.time() < deadline and _mid_finetune(work) is None:
         assert proc.poll() is None, proc.communicate()[0]
