@@ -15,6 +15,7 @@ import yaml
 
 from core.errors import UserError
 from harness.bench import suite
+from harness.bench._data import scaled_splits
 from harness.bench.endtoend import MAIN_JOB, MAIN_JOB_ARGS, MAIN_REPORT_ARGS, bench_end_to_end, run_timed
 from harness.bench.machine import NO_GPU, machine_info
 from harness.bench.measure import Figure, check, ratio_check, timed
@@ -24,6 +25,7 @@ from harness.bench.scale import bench_dry_run, bench_report
 from harness.bench.sharing import DEFAULT_STUDY, bench_sharing, stage_counts
 from harness.bench.throughput import ImageFiles, bench_throughput
 from harness.bench.writer import REPORT, load_records, render_markdown, write_record
+from harness.config import DEFAULT_SETTING, resolve
 from harness.plan import make_plan
 from harness.study import load_study
 
@@ -207,6 +209,18 @@ def test_stage_counts_of_the_decoder_depth_study_with_three_seeds_are_three_pret
     counts = stage_counts(make_plan(load_study(DEFAULT_STUDY, seeds=(0, 1, 2))))
     assert counts["shared"]["pretrain"] == 3 and counts["scratch"]["pretrain"] == 12
     assert counts["shared"]["finetune"] == counts["scratch"]["finetune"] == 12
+
+
+def test_scaled_splits_keep_a_batch_of_training_images_and_whole_test_folds():
+    config = resolve(DEFAULT_SETTING)  # 1000 / 200 / 3000 images, batch 32, 200-image test folds
+    assert scaled_splits(config, 0.125) == {
+        "data.synthscenes.num_train": 125, "data.synthscenes.num_val": 25, "data.synthscenes.num_test": 200,
+    }  # fmt: skip
+    assert scaled_splits(config, 0.01, ("num_train", "num_test")) == {
+        "data.synthscenes.num_train": 32, "data.synthscenes.num_test": 200,
+    }  # fmt: skip
+    with pytest.raises(UserError, match="data_scale must be in"):
+        scaled_splits(config, 0.0)
 
 
 def test_sharing_benchmark_counts_stages_and_times_a_real_shared_run(tmp_path):

@@ -436,12 +436,13 @@ def test_two_workers_on_a_postgresql_storage_share_one_study_without_duplicate_n
 def test_sweep_benchmark_compares_epochs_wall_time_and_best_value_of_both_pruners(tmp_path):
     spec = write_spec(tmp_path, "bench", pruner={"name": "median", "args": {"n_startup_trials": 1}},
                       base={**TINY_BASE, "finetune.epochs": 2})
-    result = bench_sweep(spec, n_trials=2)
+    result = bench_sweep(spec, n_trials=2, epochs=3, data_scale=0.5)  # trials longer, on half the data
+    assert result["finetune_epochs_per_trial"] == 3 and "data.synthscenes.num_train=24" in result["notes"][-1]
     for pruner in ("median", "none"):
         assert result[f"{pruner}_complete"] + result[f"{pruner}_pruned"] + result[f"{pruner}_failed"] == 2
         assert result[f"{pruner}_wall_s"] > 0 and result[f"{pruner}_pretrain_epochs"] == 1
-    assert result["none_finetune_epochs"] == 2 * 2 and result["none_pruned"] == 0  # every trial, every epoch
-    assert result["median_finetune_epochs"] <= 2 * 2
+    assert result["none_finetune_epochs"] == 2 * 3 and result["none_pruned"] == 0  # every trial, every epoch
+    assert result["median_finetune_epochs"] <= 2 * 3
     assert result["epochs_share"] == pytest.approx(result["median_finetune_epochs"] / result["none_finetune_epochs"])
     assert result["best_gap"] == pytest.approx(result["none_best_value"] - result["median_best_value"])
     epochs, gap = result["checks"]  # the targets the benchmark report shows

@@ -25,19 +25,18 @@ from typing import Any
 import yaml
 
 from core.data import prepare
-from core.errors import UserError
 from core.stages import PRETRAIN, STAGES
 from harness._local import read_record
+from harness.bench._data import describe_splits, scaled_splits
 from harness.bench.measure import ISSUE, Figure, check, figures_json, ratio_check
 from harness.execute import run_study
 from harness.plan import Plan, make_plan
-from harness.study import Study, arm_config, expand_arms, load_study
+from harness.study import arm_config, expand_arms, load_study
 from harness.tracking import default_tracking_uri
 
 __all__ = ["bench_sharing", "stage_counts", "DEFAULT_STUDY"]
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "studies" / "decoder_depth.yaml"
-_SPLITS = ("num_train", "num_val", "num_test")
 
 
 def stage_counts(plan: Plan) -> dict[str, dict[str, int]]:
@@ -60,15 +59,13 @@ def bench_sharing(study: str | Path = DEFAULT_STUDY, seeds: Sequence[int] = (0, 
         seeds: the seeds it runs with (replacing the file's).
         data_scale: the share of each SynthScenes split kept for the timed run (0 < scale <= 1).
     """
-    if not 0 < data_scale <= 1:
-        raise UserError(f"data_scale must be in (0, 1], got {data_scale}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = _with_seeds(Path(study).resolve(), list(seeds), tmp / Path(study).name)
         written = load_study(path)
         full = make_plan(written)
         counts = stage_counts(full)
-        reduced = _reduced_splits(written, data_scale)
+        reduced = scaled_splits(arm_config(written, expand_arms(written)[0]), data_scale, bench="bench_sharing")
         overrides = tuple(f"{key}={value}" for key, value in reduced.items())
         workdir = tmp / "work"
         prepare(make_plan(written, overrides).runs[0].config.data, workdir / "data")
@@ -103,7 +100,7 @@ def bench_sharing(study: str | Path = DEFAULT_STUDY, seeds: Sequence[int] = (0, 
         "notes": [
             f"{full.study.name} with seeds {list(seeds)}: {n_runs} (arm, seed) runs. Stage counts from make_plan on the"
             " study as written.",
-            f"Timed on SynthScenes splits scaled by {data_scale} ({_sizes(reduced)});"
+            f"Timed on SynthScenes splits scaled by {data_scale} ({describe_splits(reduced)});"
             " epochs, model and batch are the setting's.",
             "From scratch counts each run's own pre-training at the measured time of its seed's (the same computation);"
             " the shared figure is the real wall time of run_study, tracking and checkpoints included.",
@@ -124,23 +121,4 @@ def _with_seeds(study: Path, seeds: list[int], out: Path) -> Path:
     ``load_study`` resolved it)."""
     loaded = load_study(study)
     out.write_text(yaml.safe_dump({**loaded.model_dump(mode="json"), "seeds": seeds}, sort_keys=False))
-    return out
-
-
-def _sizes(values: dict[str, int]) -> str:
-    return ", ".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in values.items())
-
-
-def _reduced_splits(study: Study, scale: float) -> dict[str, int]:
-    """``data.synthscenes.num_*`` scaled, at least one batch of training images and whole test folds."""
-    config = arm_config(study, expand_arms(study)[0])
-    if config.data.source != "synthscenes":
-        raise UserError(f"bench_sharing scales SynthScenes splits; the study reads data.source={config.data.source}")
-    sizes = config.data.synthscenes
-    batch = max(config.pretrain.batch_size, config.finetune.batch_size)
-    out = {f"data.synthscenes.{name}": max(1, round(getattr(sizes, name) * scale)) for name in _SPLITS}
-    out["data.synthscenes.num_train"] = max(out["data.synthscenes.num_train"], batch)
-    fold = config.eval.fold_size
-    if fold:  # k-fold testing needs whole folds: a multiple of the fold size, at least one
-        out["data.synthscenes.num_test"] = max(fold, out["data.synthscenes.num_test"] // fold * fold)
     return out
