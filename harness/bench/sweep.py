@@ -5,8 +5,8 @@ fresh workdir, store and journal (so each trains its own pre-training; the data 
 beforehand, as ``harness prepare`` would). The trials are longer and cheaper than the default
 sweep's: more fine-tuning epochs (a pruner saves only the epochs after the one it stops at, so 3
 epochs with one of warm-up leave it at most a third) on a scaled-down training split (the
-validation split, which the objective and the pruner read, keeps its size). The sampler is seeded per trial number, so the two
-sweeps start from the same trials; they part once the pruner stops one. Reported for each: the
+validation split, which the objective and the pruner read, keeps its size). The sampler is
+seeded per trial number, so the two sweeps start from the same trials; they part once the pruner stops one. Reported for each: the
 fine-tuning epochs trained (the epochs each trial reported to Optuna), the wall time, and the best
 validation objective; then the share of epochs the pruned sweep trained and the gap between the
 two best values, beside the spread of the unpruned sweep's complete trials for scale.
@@ -58,9 +58,11 @@ def bench_sweep(
     """
     spec = Path(spec)
     raw = load_yaml(spec)
-    written = resolve(_setting(raw, spec), layers=[("sweep base", raw.get("base", {}))])
+    setting, base = _setting(raw, spec), [("sweep base", raw.get("base", {}))]
+    written = resolve(setting, layers=base)
     overrides = {**_longer_trials(written, epochs), **scaled_splits(written, data_scale, ("num_train", "num_test"), "bench_sweep")}
     sets = tuple(f"{key}={json.dumps(value)}" for key, value in overrides.items())
+    config = resolve(setting, sets, layers=base)  # what every trial of both sweeps runs on
     result: dict = {"spec": str(spec), "setting": raw.get("setting", "cpu-small"), "n_trials": n_trials,
                     "finetune_epochs_per_trial": overrides.get("finetune.epochs", written.finetune.epochs),
                     "data_scale": data_scale}  # fmt: skip
@@ -68,11 +70,10 @@ def bench_sweep(
     for pruner in pruners:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            variant = _variant(raw, spec, pruner, n_trials)
+            variant = _variant(raw, setting, pruner, n_trials)
             path = tmp / f"{variant['name']}.yaml"
             path.write_text(yaml.safe_dump(variant, sort_keys=False))
             workdir = tmp / "work"
-            config = resolve(variant["setting"], sets, layers=[("sweep base", variant.get("base", {}))])
             prepare(config.data, workdir / "data")
             started = time.perf_counter()
             run = run_sweep(path, workdir=workdir, tracking_uri=default_tracking_uri(workdir), overrides=sets)
@@ -135,14 +136,14 @@ def _setting(raw: dict, spec: Path) -> str:
     return setting
 
 
-def _variant(raw: dict, spec: Path, pruner: str, n_trials: int) -> dict:
-    """The spec with this pruner and trial count (its setting made absolute), named apart."""
+def _variant(raw: dict, setting: str, pruner: str, n_trials: int) -> dict:
+    """The spec with this pruner, trial count and setting (:func:`_setting`), named apart."""
     variant = dict(raw)
     own = raw.get("pruner", {})
     own_name = own if isinstance(own, str) else own.get("name", "median")
     args = own.get("args", {}) if isinstance(own, dict) and own_name == pruner else {}
     variant.update(
-        name=f"bench-{raw['name']}-{pruner}", setting=_setting(raw, spec), n_trials=n_trials, pruner={"name": pruner, "args": args}
+        name=f"bench-{raw['name']}-{pruner}", setting=setting, n_trials=n_trials, pruner={"name": pruner, "args": args}
     )
     variant.pop("timeout", None)
     return variant
