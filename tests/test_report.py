@@ -105,6 +105,28 @@ def test_runs_frame_keeps_a_run_that_logged_no_metric(report_store):  # noqa: F8
     assert len(early) == 1 and early["metric"].isna().all() and early["status"].tolist() == ["FAILED"]
 
 
+def test_a_sql_store_is_read_into_the_same_frame_as_through_the_mlflow_client(tmp_path, monkeypatch):
+    # The SQL store is read with column queries; every other store through MlflowClient.
+    store = fill_store(tmp_path)
+    client = MlflowClient(tracking_uri=store.uri)
+    experiment = client.get_experiment_by_name(DEPTH_STUDY).experiment_id
+    run = store.runs[(DEPTH_STUDY, "depth=2", 1)]
+    client.log_metric(run, "val/rsum", float("nan"), step=EPOCHS)  # a diverged epoch
+    client.log_metric(run, "test/i2t_r1", float("nan"))
+    deleted = client.create_run(experiment, tags={names.TAG_STAGE: "finetune", names.TAG_ARM: "depth=0"}).info.run_id
+    client.log_metric(deleted, "test/rsum", 1.0)
+    client.delete_run(deleted)
+    client.create_run(experiment, tags={names.TAG_ARM: "depth=0"})  # no stage tag: not a stage run
+    for history in (["val/rsum"], [], None):
+        frame = runs_frame(store.uri, history=history)
+        with monkeypatch.context() as patch:
+            patch.setattr("harness.tracking.read._sql_store", lambda client: None)
+            pd.testing.assert_frame_equal(frame, runs_frame(store.uri, history=history))
+    assert deleted not in set(frame["run_id"])
+    nan_epoch = frame[(frame["run_id"] == run) & (frame["metric"] == "val/rsum") & (frame["step"] == EPOCHS)]
+    assert nan_epoch["value"].isna().all() and len(nan_epoch) == 1
+
+
 def test_stored_studies_recover_order_baseline_and_study_file(report_store):  # noqa: F811
     depth, escapes = stored_studies(report_store.uri)
     assert depth.name == DEPTH_STUDY and depth.parent_run_id == report_store.parents[DEPTH_STUDY]
