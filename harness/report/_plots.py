@@ -28,6 +28,7 @@ __all__ = ["ablation_axis", "plot_ablation", "plot_training_curves"]
 _SIZE = (6.0, 4.0)  # inches: a column of a two-column paper at 2x
 _WRAP = 14  # characters per line of a categorical tick label
 _ROTATION = 30  # degrees, when wrapped tick labels still collide
+_LEGEND_ROWS = 12  # arms per column of the training curves' legend
 
 
 def ablation_axis(report: StudyReport) -> tuple[str | None, bool]:
@@ -94,18 +95,24 @@ def plot_training_curves(report: StudyReport, metric: str) -> Figure | None:
     if history.empty:
         return None
     arms = [arm for arm in report.view.arms if arm in set(history["arm"])]
+    # Mean and sd over seeds per epoch, drawn directly: sns.lineplot took four times as long
+    # (0.2 s a figure of 19 arms), most of a 1,000-run report's drawing time.
+    stats = history.groupby(["arm", "epoch"])["value"].agg(["mean", "std"])
     with _style():
         fig, ax = _figure()
-        # Epochs are logged from 0; readers count them from 1.
-        sns.lineplot(
-            data=history.assign(epoch=history["epoch"] + 1), x="epoch", y="value", hue="arm", hue_order=arms,
-            errorbar="sd", marker="o", ax=ax,
-        )
+        for color, arm in zip(_palette(len(arms)), arms):
+            curve = stats.loc[arm]
+            epochs = curve.index.to_numpy() + 1  # logged from 0; readers count them from 1
+            ax.plot(epochs, curve["mean"], marker="o", color=color, label=arm)
+            if curve["std"].notna().any():  # one seed: no band
+                low, high = curve["mean"] - curve["std"], curve["mean"] + curve["std"]
+                ax.fill_between(epochs, low, high, color=color, alpha=0.2, linewidth=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("Epoch")
         ax.set_ylabel(f"Validation {metric_label(metric)}")
         ax.set_title(report.view.name)
-        ax.legend(title=None, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        # a column holds _LEGEND_ROWS arms: more would run off the figure's foot
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), ncols=math.ceil(len(arms) / _LEGEND_ROWS))
     return fig
 
 
@@ -114,6 +121,13 @@ def _figure() -> tuple[Figure, Axes]:
     fig = Figure(figsize=_SIZE, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot()
+
+
+def _palette(n: int) -> list:
+    """seaborn's colours for ``n`` lines: the current palette, or evenly spaced hues when it has
+    fewer colours than lines (as seaborn maps a hue)."""
+    palette = sns.color_palette()
+    return sns.color_palette(n_colors=n) if n <= len(palette) else sns.color_palette("husl", n)
 
 
 @contextmanager
