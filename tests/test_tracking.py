@@ -6,7 +6,9 @@ prepared; the tests share that store and keep apart by using one study name each
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness.tracking import RunKey, Tracker, default_tracking_uri, init_store, lease, names, provenance
+from harness.tracking import RunKey, Tracker, default_tracking_uri, init_store, lease, names, provenance, store
 
 ROOT = Path(__file__).resolve().parents[1]
 # MLflow's own SQLAlchemy models trigger this on every new store; it is not ours to fix.
@@ -330,6 +332,27 @@ class TestSQLiteStore(TrackerContract):
 
 def test_default_tracking_uri_is_a_sqlite_file_in_the_workdir(tmp_path: Path) -> None:
     assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def journal_mode(db: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_a_sqlite_store_on_a_local_disk_writes_ahead_and_one_on_a_network_file_system_keeps_its_journal(tmp_path, monkeypatch) -> None:
+    init_store(default_tracking_uri(tmp_path / "local"))
+    assert journal_mode(tmp_path / "local" / "mlflow.db") == "wal"
+    monkeypatch.setattr(store, "_filesystem", lambda folder: "nfs4")
+    init_store(default_tracking_uri(tmp_path / "shared"))
+    assert journal_mode(tmp_path / "shared" / "mlflow.db") == "delete"
+
+
+def test_the_file_system_of_a_path_is_that_of_its_longest_mount_point() -> None:
+    mounts = "/dev/root / ext4 rw 0 0\nserver:/home /mnt/lab\\040share nfs4 rw 0 0\ntmpfs /mnt/lab\\040share/tmp tmpfs rw 0 0\n"
+    assert store.mount_type("/mnt/lab share/runs", mounts) == "nfs4"
+    assert store.mount_type("/mnt/lab share/tmp/x", mounts) == "tmpfs"
+    assert store.mount_type("/mnt/labx", mounts) == "ext4"
+    assert store.mount_type("/x", "") is None
 
 
 def test_provenance_outside_a_git_work_tree_has_no_git_fields(tmp_path: Path) -> None:
