@@ -134,13 +134,25 @@ def test_run_benchmarks_writes_each_record_and_passes_the_device_only_to_those_t
 
     monkeypatch.setattr(suite, "BENCHMARKS", {"with-device": with_device, "plain": lambda: {"value": 1.0}})
     paths = suite.run_benchmarks([], tmp_path, device="cuda:1", isolate=False)
-    assert [p.name for p in paths] == ["with-device.json", "plain.json"] and seen["device"] == "cuda:1"
+    assert [p.name for p in paths] == ["with-device.json", "plain.json", "suite.json"] and seen["device"] == "cuda:1"
     records = {r["benchmark"]: r for r in load_records(tmp_path)}
     assert records["with-device"]["command"] == "harness bench with-device --device cuda:1"
     assert records["plain"]["command"] == "harness bench plain" and records["plain"]["seconds"] >= 0
     assert "| with-device | ok | 1 | == 1 | yes |" in (tmp_path / REPORT).read_text()
     with pytest.raises(UserError, match=r"unknown benchmark \['nope'\]; known: with-device, plain"):
         suite.run_benchmarks(["nope"], tmp_path)
+
+
+def test_the_whole_suite_records_its_wall_time_against_the_30_minute_target(tmp_path, monkeypatch):
+    monkeypatch.setattr(suite, "BENCHMARKS", {"a": lambda: {"value": 1.0}, "b": lambda: {"value": 2.0}})
+    suite.run_benchmarks([], tmp_path, isolate=False)
+    record = {r["benchmark"]: r for r in load_records(tmp_path)}["suite"]
+    (total,) = record["result"]["checks"]
+    assert total["op"] == "<=" and total["target"] == 30 * 60 and total["met"] is True and total["unit"] == "s"
+    assert set(record["result"]["seconds"]) == {"a", "b"} and total["value"] >= sum(record["result"]["seconds"].values())
+    assert record["command"] == "harness bench"
+    suite.run_benchmarks(["a"], tmp_path / "one", isolate=False)  # one benchmark by name: no suite record
+    assert [r["benchmark"] for r in load_records(tmp_path / "one")] == ["a"]
 
 
 def test_run_benchmarks_runs_each_benchmark_in_its_own_process(tmp_path, monkeypatch):
