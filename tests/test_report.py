@@ -493,6 +493,11 @@ def test_build_report_writes_tables_and_figures_and_logs_them_on_the_parent(tmp_
     assert not (tmp_path / "out" / ESCAPE_STUDY).exists()
 
 
+def test_without_latex_the_report_writes_no_paper_files(report_store, tmp_path):  # noqa: F811
+    paths = build_report(report_store.uri, [DEPTH_STUDY], tmp_path, log_to_store=False)
+    assert [p.name for p in paths] == ["table.md", "table.csv", "ablation.png", "curves.png"]
+
+
 def test_a_report_of_every_study_written_by_worker_processes_is_the_one_written_in_one(tmp_path, monkeypatch):
     store = fill_store(tmp_path / "store")
     written = {}

@@ -2,7 +2,7 @@
 
 Figures are built with matplotlib's object API on an Agg canvas (no pyplot, no global backend
 state), so a report renders the same headless, in a notebook or in a worker; a PDF is saved
-through matplotlib's PDF backend. seaborn supplies the style and the curves' sd bands.
+through matplotlib's PDF backend. seaborn supplies the style and the palette.
 """
 
 from __future__ import annotations
