@@ -116,9 +116,9 @@ def _write_ahead(db: Path) -> None:
     later connection): a commit then syncs one log instead of a rollback journal's several
     (measured, writing bench report's store: 73 against 86 ms a run on an idle 2-core machine, 109
     against 206 on a busy one), and a reader (a report, the UI) no longer blocks the workers'
-    writes. Not on a network file
-    system: the log's index lives in shared memory, which processes on different hosts do not
-    share (sqlite.org/wal.html). A store another process holds open keeps its mode."""
+    writes. Not on a network file system: the log's index lives in shared memory, which
+    processes on different hosts do not share (sqlite.org/wal.html). A store another process
+    holds open keeps its mode."""
     kind = _filesystem(db.parent)
     if kind is None or kind.split(".")[0] in _NETWORK_FILESYSTEMS:
         return
@@ -126,8 +126,11 @@ def _write_ahead(db: Path) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
 
 
-# fuse.* (sshfs, s3fs, ...) counts as its first part
-_NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "9p", "afs", "fuse")
+# file systems several hosts mount; fuse.* (sshfs, s3fs, ...) counts as its first part
+_NETWORK_FILESYSTEMS = (
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "panfs", "wekafs",
+    "ocfs2", "gfs2", "orangefs", "9p", "afs", "fuse",
+)  # fmt: skip
 
 
 def _filesystem(folder: Path) -> str | None:
