@@ -55,7 +55,7 @@ from harness.report import (
     to_markdown,
 )
 from harness.tracking import names
-from harness.tracking.read import FRAME_COLUMNS, load_ranks, runs_frame, stored_studies
+from harness.tracking.read import FRAME_COLUMNS, _sql_store, load_ranks, runs_frame, stored_studies
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
 
@@ -117,6 +117,10 @@ def test_a_sql_store_is_read_into_the_same_frame_as_through_the_mlflow_client(tm
     client.log_metric(deleted, "test/rsum", 1.0)
     client.delete_run(deleted)
     client.create_run(experiment, tags={names.TAG_ARM: "depth=0"})  # no stage tag: not a stage run
+    for arm in ("depth=0", "depth=1"):  # started in the same millisecond: the run id breaks the tie
+        tied = client.create_run(experiment, start_time=1, tags={names.TAG_STAGE: "finetune", names.TAG_ARM: arm}).info.run_id
+        client.log_metric(tied, "Val/rsum", 1.0, step=0)  # not val/: no history, whatever the case rules
+    assert _sql_store(client) is not None  # the column queries are what is compared
     for history in (["val/rsum"], [], None):
         frame = runs_frame(store.uri, history=history)
         with monkeypatch.context() as patch:

@@ -111,8 +111,8 @@ def runs_frame(uri: str, studies: Sequence[str] | None = None, history: Sequence
     Args:
         uri: the tracking URI.
         studies: study names; None: every study in the store.
-        history: the metrics read with their whole history; None: every ``val/*`` metric. Each
-            history is one store request per run, so a reader asks only for those it shows.
+        history: the metrics read with their whole history; None: every ``val/*`` metric. A
+            reader asks only for those it shows: through the client each is one request per run.
 
     Raises:
         UserError: as :func:`stored_studies`.
@@ -304,6 +304,11 @@ def _study_rows(client: MlflowClient, study: str, experiment: str, history: Sequ
     return [row for run in runs for row in _run_rows(study, run, histories)]
 
 
+def _next_string(prefix: str) -> str:
+    """The least string greater than every string starting with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def _with_history(key: str, history: Sequence[str] | None) -> bool:
     return key.startswith(HISTORY_PREFIXES) if history is None else key in history
 
@@ -345,42 +350,46 @@ def _sql_stage_runs(
     report's reading time. Same runs (active, tagged as a stage, not the parent), same order
     (newest first, then by id) and same values (NaN as MLflow stores it) as the client path."""
     wanted = (names.TAG_STAGE, names.TAG_ARM, names.TAG_SEED)
-    in_experiment = (SqlRun.experiment_id == int(experiment), SqlRun.lifecycle_stage == LifecycleStage.ACTIVE)
+    active_in_experiment = (SqlRun.experiment_id == int(experiment), SqlRun.lifecycle_stage == LifecycleStage.ACTIVE)
     with store.ManagedSessionMaker() as session:
         infos = (
             session.query(SqlRun.run_uuid, SqlRun.status, SqlRun.start_time, SqlRun.artifact_uri)
-            .filter(*in_experiment)
-            .order_by(SqlRun.start_time.is_(None), SqlRun.start_time.desc(), SqlRun.run_uuid)
+            .filter(*active_in_experiment)
+            # nulls last as MLflow orders them (a CASE: MSSQL takes no boolean in ORDER BY)
+            .order_by(sa.case((SqlRun.start_time.is_(None), 1), else_=0), SqlRun.start_time.desc(), SqlRun.run_uuid)
             .all()
         )
         tags: dict[str, dict[str, str]] = {}
         for run_id, key, value in (
             session.query(SqlTag.run_uuid, SqlTag.key, SqlTag.value)
             .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
-            .filter(*in_experiment, SqlTag.key.in_(wanted))
+            .filter(*active_in_experiment, SqlTag.key.in_(wanted))
         ):
             tags.setdefault(run_id, {})[key] = value
         metrics: dict[str, dict[str, float]] = {}
         for run_id, key, value, is_nan in (
             session.query(SqlLatestMetric.run_uuid, SqlLatestMetric.key, SqlLatestMetric.value, SqlLatestMetric.is_nan)
             .join(SqlRun, SqlRun.run_uuid == SqlLatestMetric.run_uuid)
-            .filter(*in_experiment)
+            .filter(*active_in_experiment)
         ):
             metrics.setdefault(run_id, {})[key] = math.nan if is_nan else value
+        # A range, not LIKE (which ignores case in SQLite and MySQL, and skips the key's index);
+        # _with_history below decides, as on the client path (MySQL compares without case too).
         keys = (
             SqlMetric.key.in_(list(history))
             if history is not None
-            else sa.or_(*(SqlMetric.key.startswith(prefix, autoescape=True) for prefix in HISTORY_PREFIXES))
+            else sa.or_(*(sa.and_(SqlMetric.key >= prefix, SqlMetric.key < _next_string(prefix)) for prefix in HISTORY_PREFIXES))
         )
         by_step: dict[tuple[str, str], dict[int, float]] = {}
         # In get_metric_history's order (the order of logging): the last value of a step wins.
         for run_id, key, step, value, is_nan in (
             session.query(SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
             .join(SqlRun, SqlRun.run_uuid == SqlMetric.run_uuid)
-            .filter(*in_experiment, keys)
+            .filter(*active_in_experiment, keys)
             .order_by(SqlMetric.timestamp, SqlMetric.step, SqlMetric.value)
         ):
-            by_step.setdefault((run_id, key), {})[step] = math.nan if is_nan else value
+            if _with_history(key, history):
+                by_step.setdefault((run_id, key), {})[step] = math.nan if is_nan else value
     runs = []
     for run_id, status, start_time, artifact_uri in infos:
         own = tags.get(run_id, {})
