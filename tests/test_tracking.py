@@ -340,11 +340,19 @@ def journal_mode(db: Path) -> str:
 
 
 def test_a_sqlite_store_on_a_local_disk_writes_ahead_and_one_on_a_network_file_system_keeps_its_journal(tmp_path, monkeypatch) -> None:
-    init_store(default_tracking_uri(tmp_path / "local"))
+    kinds = {"local": "ext4", "shared": "nfs4"}
+    monkeypatch.setattr(store, "_filesystem_type", lambda folder: kinds[folder.name])
+    for name in kinds:
+        init_store(default_tracking_uri(tmp_path / name))
     assert journal_mode(tmp_path / "local" / "mlflow.db") == "wal"
-    monkeypatch.setattr(store, "_filesystem", lambda folder: "nfs4")
-    init_store(default_tracking_uri(tmp_path / "shared"))
     assert journal_mode(tmp_path / "shared" / "mlflow.db") == "delete"
+    moved = tmp_path / "moved" / "mlflow.db"  # a store written on a local disk, then moved to a cluster's
+    moved.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(moved)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    kinds["moved"] = "lustre"
+    init_store(default_tracking_uri(moved.parent))
+    assert journal_mode(moved) == "delete"
 
 
 def test_the_file_system_of_a_path_is_that_of_its_longest_mount_point() -> None:
@@ -353,6 +361,7 @@ def test_the_file_system_of_a_path_is_that_of_its_longest_mount_point() -> None:
     assert store.mount_type("/mnt/lab share/tmp/x", mounts) == "tmpfs"
     assert store.mount_type("/mnt/labx", mounts) == "ext4"
     assert store.mount_type("/x", "") is None
+    assert store.mount_type("/data/x", "a /data ext4 rw 0 0\nb /data nfs rw 0 0\n") == "nfs"  # mounted over: the last
 
 
 def test_provenance_outside_a_git_work_tree_has_no_git_fields(tmp_path: Path) -> None:
@@ -379,3 +388,9 @@ def test_provenance_of_a_dirty_work_tree_carries_its_diff(tmp_path: Path) -> Non
     dirty = provenance(tmp_path)
     assert dirty["git_dirty"] is True and dirty["git_commit"] == clean["git_commit"]
     assert "+x = 2" in dirty["git_diff"] and "# untracked: new.py" in dirty["git_diff"]
+    git("add", "-A")
+    git("commit", "-qm", "two")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "bench.json").write_text("{}")  # what the caller writes itself
+    assert provenance(tmp_path, ignored=("reports",))["git_dirty"] is False
+    assert provenance(tmp_path)["git_dirty"] is True

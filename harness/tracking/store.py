@@ -104,6 +104,8 @@ def init_store(uri: str) -> None:
     lock = flock(db.with_name(db.name + ".init.lock")) if db is not None else contextlib.nullcontext()
     try:
         with lock:
+            if db is not None and db.is_file():  # before MLflow holds a connection: leaving WAL needs the file alone
+                _write_ahead(db)
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
             if db is not None:
                 _write_ahead(db)
@@ -116,24 +118,26 @@ def _write_ahead(db: Path) -> None:
     later connection): a commit then syncs one log instead of a rollback journal's several
     (measured, writing bench report's store: 73 against 86 ms a run on an idle 2-core machine, 109
     against 206 on a busy one), and a reader (a report, the UI) no longer blocks the workers'
-    writes. Not on a network file system: the log's index lives in shared memory, which
-    processes on different hosts do not share (sqlite.org/wal.html). A store another process
-    holds open keeps its mode."""
-    kind = _filesystem(db.parent)
-    if kind is None or kind.split(".")[0] in _NETWORK_FILESYSTEMS:
+    writes. On a network file system, the rollback journal, also for a store that was moved
+    there: the log's index lives in shared memory, which processes on different hosts do not
+    share (sqlite.org/wal.html). A store locked by a writer for over a second keeps its mode."""
+    kind = _filesystem_type(db.resolve().parent)
+    if kind is None:
         return
+    mode = "DELETE" if kind.split(".")[0] in _NETWORK_FILESYSTEMS else "WAL"
     with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db, timeout=1.0)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].upper() != mode:
+            conn.execute(f"PRAGMA journal_mode={mode}")
 
 
-# file systems several hosts mount; fuse.* (sshfs, s3fs, ...) counts as its first part
+# file systems several hosts (or a VM and its host) mount; fuse.* (sshfs, s3fs, ...) counts as its first part
 _NETWORK_FILESYSTEMS = (
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "panfs", "wekafs",
-    "ocfs2", "gfs2", "orangefs", "9p", "afs", "fuse",
+    "ocfs2", "gfs2", "orangefs", "9p", "afs", "fuse", "virtiofs", "vboxsf", "drvfs",
 )  # fmt: skip
 
 
-def _filesystem(folder: Path) -> str | None:
+def _filesystem_type(folder: Path) -> str | None:
     """The type of the file system holding ``folder`` (Linux), or None where that is not known."""
     try:
         return mount_type(str(folder.resolve()), Path("/proc/self/mounts").read_text())
