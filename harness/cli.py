@@ -8,7 +8,6 @@ Python's tracebacks instead."""
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import os
 import shlex
@@ -51,16 +50,20 @@ def main() -> None:
         code = 0
     except SystemExit as end:
         code = end.code
-    if isinstance(code, str):  # sys.exit("message"): Python prints it and exits 1
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, exit 1
         print(code, file=sys.stderr)
         code = 1
-    code = 0 if code is None else code
+    code = code or 0
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     atexit._run_exitfuncs()  # logging's flush, multiprocessing's and tempfile's clean-ups
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe, a closed stream
+        try:
             stream.flush()
+        except BrokenPipeError:  # `harness ... | head`: the reader left, as Python ignores it
+            pass
+        except (OSError, ValueError):  # output lost (a full disk): Python's own exit code for it
+            code = code or 120
     os._exit(code)
 
 

@@ -82,7 +82,7 @@ def _suite_result(seconds: dict[str, float], total: float) -> dict:
     return {
         "checks": [check("every benchmark in one harness bench, wall time", total, "<=", SUITE_TARGET_S, unit="s", source=ISSUE)],
         "seconds": seconds,
-        "notes": ["Each benchmark's wall time in this run is under `seconds`; the total includes starting each one's process."],
+        "notes": ["Each benchmark's wall time in this run is under `seconds`; the total adds what ran between them."],
     }
 
 

@@ -268,6 +268,7 @@ def _save(fig: Figure, stem: Path, pdf: bool) -> list[Path]:
     fig.savefig(png, dpi=_DPI, pil_kwargs={"compress_level": 1})
     if not pdf:
         return [png]
+    paper = stem.with_suffix(".pdf")
     fig.set_layout_engine("none")  # the layout the PNG's save placed, not solved again for the PDF
-    fig.savefig(stem.with_suffix(".pdf"), dpi=_DPI)
-    return [png, stem.with_suffix(".pdf")]
+    fig.savefig(paper, dpi=_DPI)
+    return [png, paper]
