@@ -32,7 +32,7 @@ def machine_info(cpuinfo: Path = Path("/proc/cpuinfo"), meminfo: Path = Path("/p
         meminfo: the file holding ``MemTotal`` (Linux).
     """
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    code = provenance()
+    code = provenance(ignored=("reports",))  # the benchmarks write reports/benchmarks themselves
     return {
         "cpu": proc_field(cpuinfo, "model name") or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),

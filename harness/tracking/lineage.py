@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "timm", "transformers", "mlflow")
 
 
-def provenance(project_dir: str | os.PathLike = PROJECT_DIR) -> dict[str, Any]:
+def provenance(project_dir: str | os.PathLike = PROJECT_DIR, ignored: Sequence[str] = ()) -> dict[str, Any]:
     """Where a result comes from: the code (git), the packages and the machine.
 
     Returns ``{"git_commit": str | None, "git_dirty": bool | None, "git_diff": str,
@@ -26,15 +27,18 @@ def provenance(project_dir: str | os.PathLike = PROJECT_DIR) -> dict[str, Any]:
 
     Args:
         project_dir: the project's folder (the git work tree).
+        ignored: folders of the work tree whose changes do not count (what the caller writes
+            itself, such as the benchmarks' reports).
     """
     commit = _git(project_dir, "rev-parse", "HEAD")
     dirty, diff = None, ""
     if commit is not None:
-        status = _git(project_dir, "status", "--porcelain") or ""
+        paths = ["--", ".", *(f":(exclude){folder}" for folder in ignored)]
+        status = _git(project_dir, "status", "--porcelain", *paths) or ""
         dirty = bool(status.strip())
         if dirty:
-            untracked = (_git(project_dir, "ls-files", "--others", "--exclude-standard") or "").split()
-            diff = (_git(project_dir, "diff", "HEAD") or "") + "".join(f"# untracked: {p}\n" for p in untracked)
+            untracked = (_git(project_dir, "ls-files", "--others", "--exclude-standard", *paths) or "").split()
+            diff = (_git(project_dir, "diff", "HEAD", *paths) or "") + "".join(f"# untracked: {p}\n" for p in untracked)
     import torch  # late: seconds to import, and only provenance needs it here
 
     versions = {"python": platform.python_version()}
