@@ -10,37 +10,83 @@ talks to MLflow, so a distributed stage is one tracking run, as a one-process st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Launch", "LAUNCH_FILE", "EVENTS_FILE", "RESULT_FILE", "LOG_FILE"]
+__all__ = ["Launch", "LAUNCH_FILE", "EVENTS_FILE", "RESULT_FILE", "LOG_FILE", "DEFAULT_RDZV_PORT"]
 
 LAUNCH_FILE = "launch.json"  # in the stage's folder: what every rank runs
 EVENTS_FILE = "events.jsonl"  # rank 0's trainer events, one JSON object per line
 RESULT_FILE = "launch-result.json"  # rank 0's StageOutputs
-LOG_FILE = "launch.log"  # the launcher's and the ranks' output
+LOG_FILE = "launch.log"  # the launcher's and the ranks' output (node 0's, on several nodes)
+STOP_TIMEOUT_S = 30.0  # seconds a launcher has to stop its ranks before SIGKILL
+
+
+DEFAULT_RDZV_PORT = 29400  # torchrun's default port of a rendezvous endpoint
 
 
 @dataclass(frozen=True)
 class Launch:
-    """How many processes run each stage on this machine (torchrun's ``--nproc-per-node``; one
-    GPU each on a GPU machine). Several machines per stage are not supported yet: each node would
-    run its own harness, and only one of them may own the stage's tracking run."""
+    """How each stage's processes are started: ``nproc_per_node`` on each of ``nnodes`` machines
+    (torchrun's options; one GPU per process on a GPU machine).
+
+    On several machines node 0 is the one that plans, tracks and reads rank 0's files; the others
+    follow it (:mod:`harness._nodes`), reaching it at ``rdzv_endpoint`` (``HOST[:PORT]``). Node 0
+    runs global ranks ``0 .. nproc_per_node - 1`` (torch's static rendezvous), so rank 0's events,
+    record and checkpoints are written on the machine that reads them.
+    """
 
     nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
 
     @property
     def world_size(self) -> int:
-        return self.nproc_per_node
+        return self.nproc_per_node * self.nnodes
 
-    def command(self) -> list[str]:
-        """The launcher's argument vector, before the module it runs (``--standalone``: a free
-        local port, no rendezvous server)."""
-        return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}", "--standalone"]
+    @property
+    def address(self) -> tuple[str, int]:
+        """Node 0's host and the port its harness listens on (``rdzv_endpoint``)."""
+        if not self.rdzv_endpoint:
+            raise ValueError("a launch on several nodes needs rdzv_endpoint")
+        host, sep, port = self.rdzv_endpoint.rpartition(":")
+        if not sep:
+            host, port = self.rdzv_endpoint, str(DEFAULT_RDZV_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("not HOST[:PORT] (a host name or address, and a port from 1 to 65535)")
+        return host, int(port)
+
+    def command(self, master_port: int | None = None) -> list[str]:
+        """The launcher's argument vector, before the module it runs: on one machine
+        ``--standalone`` (a free local port, no rendezvous server); on several, this node's rank
+        and node 0's address with the port node 0 chose for this launch."""
+        head = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}"]
+        if self.nnodes == 1:
+            return [*head, "--standalone"]
+        if master_port is None:
+            raise ValueError("a launch on several nodes needs node 0's port for it")
+        return [*head, f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}",
+                f"--master-addr={self.address[0]}", f"--master-port={master_port}"]  # fmt: skip
+
+
+def stop_launcher(ranks: subprocess.Popen) -> None:
+    """SIGTERM to the launcher's process group (the elastic agent stops its ranks), SIGKILL if
+    it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(ranks.pid, signal.SIGTERM)
+        try:
+            ranks.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(ranks.pid, signal.SIGKILL)
+            ranks.wait()
 
 
 def die_with_parent() -> None:
@@ -49,7 +95,6 @@ def die_with_parent() -> None:
     beside the resumed stage (Linux; elsewhere a no-op). torch's elastic agent stops its ranks on
     SIGTERM."""
     import ctypes
-    import signal
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

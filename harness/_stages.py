@@ -9,11 +9,8 @@ test metrics) that the executor keeps beside them for replay.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,15 +26,13 @@ from core.files import atomic_write_text
 from core.runtime import init_distributed, world
 from core.stages import BEST_CHECKPOINT, STAGES
 from core.train import Event, load_model, train_stage
-from harness import _rank
+from harness import _nodes, _rank
 from harness._local import StageOutputs
 from harness._rank import Launch
 from harness.plan import StageRecord
 from harness.tracking import names
 
 __all__ = ["run_stage", "run_here", "splits_for"]
-
-STOP_TIMEOUT_S = 30.0  # seconds the launcher has to stop its ranks before SIGKILL
 
 # per process: one opened data cache per (workdir, data section); the workdir is part of the key
 # because the splits memory-map files under it (another workdir's may be gone)
@@ -117,7 +112,8 @@ def _run_launched(
         "parent_dir": str(parent_dir) if parent_dir else None, "workdir": str(workdir),
     }  # fmt: skip
     atomic_write_text(out_dir / _rank.LAUNCH_FILE, json.dumps(spec))
-    command = [*launch.command(), "-m", "harness._rank", str(out_dir / _rank.LAUNCH_FILE)]
+    master_port = _nodes.announce(launch, out_dir / _rank.LAUNCH_FILE)  # the other nodes start theirs
+    command = [*launch.command(master_port), "-m", "harness._rank", str(out_dir / _rank.LAUNCH_FILE)]
     with open(out_dir / _rank.LOG_FILE, "a", encoding="utf-8") as log:
         ranks = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_rank.die_with_parent
@@ -130,10 +126,11 @@ def _run_launched(
                 read = _forward_events(out_dir / _rank.EVENTS_FILE, read, on_event)
                 if code is not None:
                     break
+                _nodes.check_followers(launch)
                 time.sleep(0.2)
         except BaseException:  # a stopped trial, Ctrl-C: the ranks must not outlive the task
             if code is None:
-                _stop(ranks)
+                _rank.stop_launcher(ranks)
             raise
     if code != 0 or not (out_dir / _rank.RESULT_FILE).is_file():
         tail = "\n".join((out_dir / _rank.LOG_FILE).read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
@@ -142,18 +139,6 @@ def _run_launched(
     for name in (_rank.EVENTS_FILE, _rank.RESULT_FILE):  # handed on; launch.json and the log stay
         (out_dir / name).unlink()
     return outputs
-
-
-def _stop(ranks: subprocess.Popen) -> None:
-    """SIGTERM to the launcher's process group (the elastic agent stops its ranks), SIGKILL if
-    it lingers."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(ranks.pid, signal.SIGTERM)
-        try:
-            ranks.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(ranks.pid, signal.SIGKILL)
-            ranks.wait()
 
 
 def _forward_events(path: Path, read: int, on_event: Callable[[Any], None]) -> int:

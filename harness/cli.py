@@ -165,6 +165,9 @@ def run(
     max_runs: Annotated[int, typer.Option(min=1, help="(arm, seed) runs above which the run asks for --yes")] = 500,
     share_checkpoints: Annotated[bool, typer.Option(help="Log pre-trainings' best checkpoints to the store: other workdirs fetch them instead of training them again")] = False,
     nproc_per_node: Annotated[int, typer.Option(min=1, help="Processes per stage on this machine (torchrun's option; one GPU each)")] = 1,
+    nnodes: Annotated[int, typer.Option(min=1, help="Machines per stage (torchrun's option): harness run on each, or --executor slurm")] = 1,
+    node_rank: Annotated[int, typer.Option(min=0, help="This machine's rank of --nnodes: 0 plans and tracks, the others follow it")] = 0,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(help="HOST[:PORT] where the other nodes reach node 0 (port 29400 if none)")] = None,
     executor: Annotated[str, typer.Option(help="local (this machine), slurm (a job per stage, submitted through submitit), submitit-local (the same jobs here)")] = "local",
     partition: Annotated[Optional[str], typer.Option(help="SLURM partition (over the setting's cluster: section)")] = None,
     time_min: Annotated[Optional[int], typer.Option("--time", min=1, help="Minutes a SLURM job may run")] = None,
@@ -181,13 +184,14 @@ def run(
     from harness._signals import terminate_as_interrupt
     from harness.execute import StudyInterrupted, plan_study, run_study
     from harness.plan import stage_status
-    from harness.preflight import check_launch, check_workdir
+    from harness.preflight import check_launch, check_nodes, check_workdir
 
     workdir_given = workdir is not None
     workdir = resolve_workdir(workdir)
     seed_list = parse_seeds(seeds) if seeds is not None else None
     device_list = tuple(d.strip() for d in devices.split(",")) if devices else ()
-    launch = Launch(nproc_per_node)
+    launch = Launch(nproc_per_node, nnodes, node_rank, rdzv_endpoint)
+    check_nodes(launch, executor, workers)
     if dry_run:
         check_workdir(workdir, create=False)
         _, plan, tasks = plan_study(study, tuple(set_), seed_list, setting, device_list)
@@ -195,6 +199,9 @@ def run(
         ui.print_plan(plan, tasks, stage_status(plan, workdir))
         if len(plan.runs) > max_runs:
             console.print(f"{len(plan.runs)} runs are more than --max-runs {max_runs}: harness run will ask for --yes")
+        return
+    if launch.node_rank > 0:
+        _follow(launch)
         return
     given = _repeat_options(workdir=workdir if workdir_given else None, tracking_uri=tracking_uri)
     if executor != "local":
@@ -210,7 +217,7 @@ def run(
         resolved = load_study(study, seed_list, setting)  # the cluster: section of the setting it runs on
         same = _repeat_options(
             set=set_, seeds=seeds, setting=setting, nproc_per_node=nproc_per_node if nproc_per_node > 1 else None,
-            executor=executor, partition=partition, time=time_min, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
+            nnodes=nnodes if nnodes > 1 else None, executor=executor, partition=partition, time=time_min, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task,
             mem_gb=mem_gb, account=account, qos=qos, sbatch=sbatch, share_checkpoints=share_checkpoints,
         )  # fmt: skip
         _submit(study, resolved.name, executor, cluster_options(resolved.setting, options), workdir,
@@ -239,7 +246,8 @@ def run(
     except StudyInterrupted as stop:
         same = _repeat_options(
             set=set_, seeds=seeds, setting=setting, workers=workers if workers > 1 else None, devices=devices,
-            nproc_per_node=nproc_per_node if nproc_per_node > 1 else None,
+            nproc_per_node=nproc_per_node if nproc_per_node > 1 else None, nnodes=nnodes if nnodes > 1 else None,
+            rdzv_endpoint=rdzv_endpoint,
         )  # fmt: skip
         console.print(f"[bold]interrupted:[/] {escape(str(stop))}", highlight=False, soft_wrap=True)
         console.print(f"resume with: harness run {shlex.quote(str(study))}{given}{same}", highlight=False, soft_wrap=True)
@@ -247,6 +255,24 @@ def run(
     ui.print_summary(result)
     ui.print_next_steps(result.study.name, resolve_tracking_uri(tracking_uri, workdir), workdir, given)
     if result.failed:
+        raise typer.Exit(1)
+
+
+def _follow(launch) -> None:
+    """``harness run --node-rank K`` (K > 0): run the stages node 0 launches, until it ends."""
+    from harness._nodes import follow
+    from harness._signals import terminate_as_interrupt
+
+    say = lambda line: console.print(escape(line), highlight=False, soft_wrap=True)  # noqa: E731
+    try:
+        with terminate_as_interrupt():
+            followed = follow(launch, say)
+    except KeyboardInterrupt:
+        say(f"interrupted: node {launch.node_rank} stopped following; node 0's stage fails and resumes when every node runs again")
+        raise typer.Exit(INTERRUPTED) from None
+    failed = f", {len(followed.failed)} failed here: {', '.join(followed.failed)}" if followed.failed else ""
+    say(f"node 0 ended ({followed.end}); this node ran {len(followed.stages)} stages{failed}")
+    if followed.end != "done" or followed.failed:
         raise typer.Exit(1)
 
 

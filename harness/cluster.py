@@ -104,12 +104,21 @@ class TaskJob:
     """
 
     def __call__(self, task: Task, ctx: TaskContext) -> str:
+        import submitit
+
+        from harness import _nodes
         from harness.tracking import provenance
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        if ctx.launch.nnodes > 1:  # a task per node: the first leads, the others run what it launches
+            ctx = dataclasses.replace(ctx, launch=_nodes.slurm_node(ctx.launch, submitit.JobEnvironment()))
+            if ctx.launch.node_rank > 0:
+                followed = _nodes.follow(ctx.launch, log.info)
+                return f"followed node 0 ({followed.end}): {len(followed.stages)} stages, {len(followed.failed)} failed"
         # the node's machine, and the code as the job finds it (not the login node's at submission)
         ctx = dataclasses.replace(ctx, provenance=provenance())
-        outcome = execute_task(task, ctx, None, lambda event: log.info("%s %s", task.describe(), event))
+        with _nodes.lead(ctx.launch):
+            outcome = execute_task(task, ctx, None, lambda event: log.info("%s %s", task.describe(), event))
         if outcome.status != "FINISHED":
             raise RuntimeError(f"{task.describe()}: {outcome.status} ({outcome.error})")
         return outcome.status
@@ -162,7 +171,7 @@ def submit_study(
         jobs = _read_jobs(folder)
         states = job_states(folder, {k: j for k, j in jobs.items() if j.get("executor") == "slurm"})
         pool = submitit.AutoExecutor(folder=folder, cluster="slurm" if executor == "slurm" else "local")
-        pool.update_parameters(**_parameters(cluster, gpus, opened.study.name))
+        pool.update_parameters(**_parameters(cluster, gpus, opened.study.name, launch.nnodes))
         results = {task.key: item for task in tasks if (item := _known(task, opened, jobs, states, retry_failed))}
         handles: dict[str, Any] = {}  # task key -> the submitit job submitted now
 
@@ -291,12 +300,12 @@ def study_status(study: str, tracker: Any, workdir: Path, slurm: bool) -> list[d
     return sorted(rows.values(), key=lambda row: (seed(row), row["stage"] != PRETRAIN.name, row["arm"]))
 
 
-def _parameters(cluster: ClusterOptions, gpus: int, name: str) -> dict[str, Any]:
+def _parameters(cluster: ClusterOptions, gpus: int, name: str, nodes: int) -> dict[str, Any]:
     params: dict[str, Any] = {
         "name": f"harness-{name}",
         "timeout_min": cluster.time,
-        "nodes": 1,
-        "tasks_per_node": 1,  # one harness process per job; it starts the stage's ranks itself
+        "nodes": nodes,
+        "tasks_per_node": 1,  # one harness process per node; it starts the node's ranks itself
         "slurm_additional_parameters": dict(_sbatch_options(cluster)),
         "slurm_setup": list(cluster.setup),
     }

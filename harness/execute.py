@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from core.errors import UserError
 from core.runtime import usable_cores
 from core.stages import STAGES
-from harness import _local
+from harness import _local, _nodes
 from harness._locks import flock
 from harness._rank import Launch
 from harness._signals import terminate_as_interrupt
@@ -260,7 +260,8 @@ def run_study(
         done: dict[str, TaskOutcome] = {}
         try:
             if len(slots) == 1:
-                _run_sequential(tasks, context, slots[0], reporter, running, done)
+                with _nodes.lead(launch):  # on several nodes: the others run what this one launches
+                    _run_sequential(tasks, context, slots[0], reporter, running, done)
             else:
                 _run_parallel(tasks, context, slots, reporter, running, done)
         except KeyboardInterrupt:

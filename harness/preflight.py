@@ -20,7 +20,7 @@ from harness._rank import Launch
 from harness.plan import Plan
 from harness.study import Study, expand_arms
 
-__all__ = ["DEFAULT_MAX_RUNS", "check_plan", "check_launch", "check_plan_size", "check_workdir"]
+__all__ = ["DEFAULT_MAX_RUNS", "check_plan", "check_launch", "check_nodes", "check_plan_size", "check_workdir"]
 
 DEFAULT_MAX_RUNS = 500  # (arm, seed) runs above which `harness run` asks for --yes
 
@@ -70,9 +70,42 @@ def check_launch(plan: Plan, launch: Launch, devices: Sequence[str] = ()) -> Non
             if section.enabled and section.batch_size % launch.world_size:
                 raise UserError(
                     f"study {plan.study.name}, arm '{run.arm.label}': {kind}.batch_size={section.batch_size} does not"
-                    f" split between {launch.world_size} processes (--nproc-per-node); the global batch"
+                    f" split between {launch.world_size} processes ({_processes(launch)}); the global batch"
                     " must divide evenly, so every process holds the same share"
                 )
+
+
+def _processes(launch: Launch) -> str:
+    return "--nproc-per-node" if launch.nnodes == 1 else f"--nproc-per-node {launch.nproc_per_node} x --nnodes {launch.nnodes}"
+
+
+def check_nodes(launch: Launch, executor: str, workers: int = 1) -> None:
+    """That the options of a launch on several machines fit together, before any planning:
+    hand-started nodes name node 0's address and their own rank; SLURM places the nodes itself.
+
+    Raises:
+        UserError: naming the options that do not fit.
+    """
+    if launch.nnodes == 1:
+        if launch.node_rank or launch.rdzv_endpoint:
+            raise UserError("--node-rank and --rdzv-endpoint are for a stage on several machines (--nnodes above 1)")
+        return
+    if executor == "submitit-local":
+        raise UserError("--nnodes: submitit's local executor runs on this machine alone; use --executor slurm, or start harness run on each node")
+    if executor == "slurm":
+        if launch.node_rank or launch.rdzv_endpoint:
+            raise UserError("--executor slurm places the nodes itself: --node-rank and --rdzv-endpoint are for nodes started by hand")
+        return
+    if not launch.rdzv_endpoint:
+        raise UserError("--nnodes: give --rdzv-endpoint HOST[:PORT], where the other nodes reach node 0 (the same on every node)")
+    try:
+        launch.address
+    except ValueError as err:
+        raise UserError(f"--rdzv-endpoint {launch.rdzv_endpoint!r}: {err}") from None
+    if launch.node_rank >= launch.nnodes:
+        raise UserError(f"--node-rank {launch.node_rank} with --nnodes {launch.nnodes}: the ranks are 0 to {launch.nnodes - 1}")
+    if workers > 1:
+        raise UserError("--nnodes: each stage runs on every node, one stage at a time; --workers runs stages side by side on one machine")
 
 
 def _names_outside(config: Config) -> str:

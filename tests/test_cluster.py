@@ -137,6 +137,18 @@ def test_a_paper_scale_study_on_slurm_is_one_job_per_pretraining_and_an_array_af
     assert status.exit_code == 0 and "5 queued" in status.output
 
 
+def test_a_study_on_several_slurm_nodes_asks_for_them_with_one_harness_task_each(tmp_path, fake_slurm, paper_scale_files):
+    args = ["run", str(ROOT / "studies" / "decoder_depth.yaml"), "--setting", "flickr30k-vit224", "--executor", "slurm",
+            "--workdir", str(tmp_path / "work"), "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--nproc-per-node", "4",
+            "--nnodes", "2"]  # fmt: skip
+    result = runner.invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for script in ((fake_slurm / "501.sh").read_text(), (fake_slurm / "502.sh").read_text()):
+        for line in ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=4"):  # 8 ranks: 4 per node, started by its task
+            assert f"#SBATCH {line}" in script, line
+    assert "--nnodes 2" in next(line for line in result.output.splitlines() if "# again" in line)
+
+
 def test_a_settings_cluster_section_is_read_under_the_command_line(tmp_path):
     setting = tmp_path / "gpu.yaml"
     setting.write_text(yaml.safe_dump({"extends": str(TINY), "cluster": {"partition": "a100", "time": 60, "sbatch": ["--exclusive=user"]}}))

@@ -1,6 +1,7 @@
 """Scale-out: a stage on several processes under torch's launcher (`--nproc-per-node`, gloo on
-CPU) trains and evaluates as one process does on the same global batch, is one tracking run, and
-resumes after a kill; a study tracked on an `mlflow server` is reported from it."""
+CPU), also on two hand-started nodes (`--nnodes`), trains and evaluates as one process does on the
+same global batch, is one tracking run, and resumes after a kill; a study tracked on an `mlflow
+server` is reported from it."""
 
 from __future__ import annotations
 
@@ -115,6 +116,39 @@ def test_a_killed_torchrun_stage_resumes_and_ends_as_the_uninterrupted_one(tmp_p
     assert_same_results(curves(uri), one_process[1])
 
 
+@pytest.mark.slow
+def test_two_nodes_started_by_hand_give_one_process_results_and_node_0_tracks_alone(tmp_path, one_process):
+    # two "machines" on 127.0.0.1, one process each: the world of the two-process test above
+    uri, work, endpoint = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "work", f"127.0.0.1:{free_port()}"
+    study = write_study(tmp_path)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(study), "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", endpoint],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        result = runner.invoke(app, ["run", str(study), "--workdir", str(work), "--tracking-uri", uri, "--quiet",
+                                     "--nnodes", "2", "--rdzv-endpoint", endpoint])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        followed, _ = follower.communicate(timeout=120)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, followed
+    assert "node 0 ended (done); this node ran 3 stages" in followed  # pretrain, finetune, eval
+    assert_same_results(curves(uri), one_process[1])  # one tracking run per stage, node 0's
+    for folder in (work / "stages").iterdir():  # node 1 wrote nothing but its launcher's output
+        assert (folder / DONE).is_file() and (folder / "launch-node1.log").is_file()
+        if (folder / LAST_CHECKPOINT).exists():
+            assert sorted(p.name for p in folder.glob("*.safetensors")) == sorted([BEST_CHECKPOINT, LAST_CHECKPOINT])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _ranks_of(work: Path) -> list[int]:
     """The pids of processes whose command line names this workdir (launchers and ranks)."""
     pids = []
@@ -150,18 +184,19 @@ def test_a_launch_that_cannot_run_the_plan_is_refused_before_any_work(tmp_path, 
 
 def test_the_launcher_command_is_torchs_elastic_launcher():
     assert Launch(2).command()[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone"]
+    # on several nodes: torch's static rendezvous, so node 0 holds global ranks 0 .. nproc - 1
+    on_node_1 = Launch(4, nnodes=2, node_rank=1, rdzv_endpoint="gpu-a:29400").command(31234)
+    assert on_node_1[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=4", "--nnodes=2", "--node-rank=1",
+                             "--master-addr=gpu-a", "--master-port=31234"]  # fmt: skip
 
 
 # ------------------------------------------------------------------------- a tracking server
 @pytest.fixture
 def mlflow_server(tmp_path):
     """``mlflow server`` on 127.0.0.1 (its own store and artifact folder): the URL and the folder."""
-    import socket
     import urllib.request
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     artifacts = tmp_path / "server-artifacts"
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
