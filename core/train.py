@@ -233,7 +233,7 @@ def train_stage(
     history: list[EpochRecord] = []
     checkpoint_seconds = 0.0
     best_epoch, best_score, best_metrics, start_epoch = -1, -math.inf, {}, 0
-    resume = _resume_point(out_dir, stage)
+    resume = _resume_point(out_dir, stage, device)
     if resume is not None:
         tensors, meta = resume
         load_weights(model, tensors, "model.")
@@ -332,23 +332,41 @@ def train_stage(
     return StageResult(stage, out_dir, best_epoch, best_metrics, history, checkpoint_seconds)
 
 
-def _resume_point(out_dir: Path, stage: TrainingStage) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """The ``last`` checkpoint to resume from, or None: none yet, or a damaged one (set aside)."""
-    if not (out_dir / LAST_CHECKPOINT).is_file():
-        return None
-    try:
-        tensors, meta = load_checkpoint(out_dir / LAST_CHECKPOINT)
-        problem = checkpoint_problem(out_dir / BEST_CHECKPOINT) if meta["best_epoch"] >= 0 else None
-        if problem is not None:
-            raise DamagedCheckpoint(out_dir / BEST_CHECKPOINT, problem)
-    except DamagedCheckpoint as err:
+def _resume_point(out_dir: Path, stage: TrainingStage, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The ``last`` checkpoint to resume from, or None: none yet, or a damaged one (set aside).
+
+    On several processes every rank reads the files, then they agree: all resume, or all restart
+    (one rank finding damage restarts every rank), and only rank 0 sets the files aside, once no
+    rank is still reading them.
+    """
+    resume, damage = None, None
+    if (out_dir / LAST_CHECKPOINT).is_file():
+        try:
+            tensors, meta = load_checkpoint(out_dir / LAST_CHECKPOINT)
+            problem = checkpoint_problem(out_dir / BEST_CHECKPOINT) if meta["best_epoch"] >= 0 else None
+            if problem is not None:
+                raise DamagedCheckpoint(out_dir / BEST_CHECKPOINT, problem)
+            resume = tensors, meta
+        except DamagedCheckpoint as err:
+            damage = str(err)
+    rank, world_size = world()
+    if world_size > 1:
+        import torch.distributed as dist
+
+        # [cannot resume, found damage], max over the ranks
+        flags = torch.tensor([resume is None, damage is not None], dtype=torch.int32, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0]:
+            resume = None
+        if flags[1] and damage is None:
+            damage = "another rank found the checkpoint damaged"
+    if damage is not None and rank == 0:
         for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
             for path in (out_dir / name, (out_dir / name).with_suffix(".json")):
                 if path.exists():
                     os.replace(path, path.with_name(path.name + DAMAGED))
-        log.warning("%s; %s stage %s restarts from epoch 0 (damaged files kept as *%s)", err, stage, out_dir.name, DAMAGED)
-        return None
-    return tensors, meta
+        log.warning("%s; %s stage %s restarts from epoch 0 (damaged files kept as *%s)", damage, stage, out_dir.name, DAMAGED)
+    return resume
 
 
 def _check_finite(sums: dict[str, torch.Tensor], stage: TrainingStage, epoch: int, step: int) -> None:

@@ -31,12 +31,11 @@ from harness._rank import Launch
 __all__ = ["lead", "announce", "check_followers", "follow", "Followed", "slurm_node"]
 
 ANNOUNCEMENT = "harness/launch/{}"  # the n-th launch node 0 started, then its end
-JOINED = "harness/joined/{}"  # node k is following
 ACK = "harness/ack/{}"  # node k has read the end
 LEFT = "harness/left/{}"  # node k stopped following, and why
 CONNECT_TIMEOUT_S = 600.0  # a follower waits this long for node 0 to listen (it may still be planning)
 POLL_S = 60.0  # a follower's wait for the next announcement, repeated while node 0 is there
-ACK_TIMEOUT_S = 30.0  # node 0 waits this long at its end for the followers to read it
+ACK_TIMEOUT_S = 30.0  # node 0 waits this long at its end for the followers to read it (or to come)
 
 _leader: _Leader | None = None  # node 0's store while it leads (one study at a time per process)
 
@@ -74,9 +73,11 @@ class _Leader:
         from torch.distributed import DistError
 
         self.store.set(ANNOUNCEMENT.format(self.count), json.dumps({"end": end}))
-        joined = [k for k in range(1, self.launch.nnodes) if self.store.check([JOINED.format(k)]) and not self.store.check([LEFT.format(k)])]
-        with contextlib.suppress(DistError):  # a follower that died cannot read it: end anyway
-            self.store.wait([ACK.format(k) for k in joined], timedelta(seconds=ACK_TIMEOUT_S))
+        # every follower that has not left, joined or not yet: one still connecting (node 0
+        # ended quickly, all cached) would otherwise wait for a node 0 that is gone
+        following = [k for k in range(1, self.launch.nnodes) if not self.store.check([LEFT.format(k)])]
+        with contextlib.suppress(DistError):  # a follower that died or never came cannot read it: end anyway
+            self.store.wait([ACK.format(k) for k in following], timedelta(seconds=ACK_TIMEOUT_S))
 
 
 @contextlib.contextmanager
@@ -144,7 +145,6 @@ def follow(launch: Launch, say: Callable[[str], None] = lambda line: None) -> Fo
         store = TCPStore(host, port, is_master=False, timeout=timedelta(seconds=CONNECT_TIMEOUT_S))
     except RuntimeError:
         raise UserError(f"node {launch.node_rank}: {where} did not answer within {CONNECT_TIMEOUT_S:.0f} s (start harness run with --node-rank 0 there)") from None
-    store.set(JOINED.format(launch.node_rank), "1")
     say(f"node {launch.node_rank} of {launch.nnodes}: following {where}")
     try:
         return _follow(launch, store, where, say)

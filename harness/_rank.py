@@ -17,14 +17,16 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Launch", "LAUNCH_FILE", "EVENTS_FILE", "RESULT_FILE", "LOG_FILE", "DEFAULT_RDZV_PORT"]
+__all__ = ["Launch", "RankFailed", "rank_failure", "LAUNCH_FILE", "EVENTS_FILE", "RESULT_FILE", "ERROR_FILE", "LOG_FILE", "DEFAULT_RDZV_PORT"]
 
 LAUNCH_FILE = "launch.json"  # in the stage's folder: what every rank runs
 EVENTS_FILE = "events.jsonl"  # rank 0's trainer events, one JSON object per line
 RESULT_FILE = "launch-result.json"  # rank 0's StageOutputs
+ERROR_FILE = "launch-error.json"  # the first failing rank's exception: its type, message, traceback
 LOG_FILE = "launch.log"  # the launcher's and the ranks' output (node 0's, on several nodes)
 STOP_TIMEOUT_S = 30.0  # seconds a launcher has to stop its ranks before SIGKILL
 
@@ -102,6 +104,55 @@ def die_with_parent() -> None:
         pass
 
 
+class RankFailed(RuntimeError):
+    """A launched stage failed on a rank with an exception the executor has no type for (it
+    rebuilds ``UserError`` and ``DamagedCheckpoint``). ``error_type`` is the rank's exception's
+    class name, so failures with a known remedy (out of memory) are still recognised."""
+
+    def __init__(self, rank: int, error_type: str, message: str):
+        self.rank, self.error_type = rank, error_type
+        super().__init__(f"rank {rank}: {error_type}: {message}")
+
+
+def _record_failure(out_dir: Path, rank: int, exc: BaseException) -> None:
+    """Write the rank's exception to ``ERROR_FILE`` unless a rank that failed earlier did: the
+    first failure is the cause, the others' (a collective whose peer died) follow from it."""
+    from core.checkpoint import DamagedCheckpoint
+    from core.errors import UserError
+
+    record = {
+        "rank": rank, "type": type(exc).__name__, "message": str(exc), "user_error": isinstance(exc, UserError),
+        "damaged": [str(exc.path), exc.reason] if isinstance(exc, DamagedCheckpoint) else None,
+        "traceback": "".join(traceback.format_exception(exc)),
+    }  # fmt: skip
+    try:
+        fd = os.open(out_dir / ERROR_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump(record, file)
+
+
+def rank_failure(out_dir: Path) -> Exception | None:
+    """The exception the first failing rank of the stage in ``out_dir`` raised, rebuilt in the
+    executor (its traceback attached as a note), or None when no rank recorded one."""
+    from core.checkpoint import DamagedCheckpoint
+    from core.errors import UserError
+
+    path = out_dir / ERROR_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record["damaged"]:
+        error: Exception = DamagedCheckpoint(Path(record["damaged"][0]), record["damaged"][1])
+    elif record["user_error"]:
+        error = UserError(record["message"])
+    else:
+        error = RankFailed(record["rank"], record["type"], record["message"])
+    error.add_note(f"raised on rank {record['rank']}:\n{record['traceback']}")
+    return error
+
+
 def main(launch_file: str) -> None:
     """One rank: run the stage the launch file names; rank 0 records its events and result."""
     import torch.distributed as dist
@@ -128,6 +179,9 @@ def main(launch_file: str) -> None:
         outputs = run_here(config, spec["kind"], out_dir, parent, Path(spec["workdir"]), record)
         if rank == 0:
             atomic_write_text(out_dir / RESULT_FILE, outputs.to_json())
+    except Exception as exc:
+        _record_failure(out_dir, rank, exc)
+        raise
     finally:
         if events is not None:
             events.close()

@@ -105,7 +105,7 @@ def _run_launched(
     """The stage under ``python -m torch.distributed.run``; rank 0's events are forwarded to
     ``on_event`` as they come (an exception from it, a pruned trial's, stops the ranks)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (_rank.EVENTS_FILE, _rank.RESULT_FILE):
+    for name in (_rank.EVENTS_FILE, _rank.RESULT_FILE, _rank.ERROR_FILE):
         (out_dir / name).unlink(missing_ok=True)
     spec = {
         "config": config.model_dump_json(), "kind": stage.kind, "out_dir": str(out_dir),
@@ -133,6 +133,9 @@ def _run_launched(
                 _rank.stop_launcher(ranks)
             raise
     if code != 0 or not (out_dir / _rank.RESULT_FILE).is_file():
+        failure = _rank.rank_failure(out_dir)
+        if failure is not None:  # a damaged checkpoint resets its stage, out of memory names a remedy
+            raise failure
         tail = "\n".join((out_dir / _rank.LOG_FILE).read_text(encoding="utf-8", errors="replace").splitlines()[-15:])
         raise RuntimeError(f"{stage.kind} on {launch.world_size} processes: the launcher exited with {code}; the end of {out_dir / _rank.LOG_FILE}:\n{tail}")
     outputs = StageOutputs.from_json((out_dir / _rank.RESULT_FILE).read_text(encoding="utf-8"))

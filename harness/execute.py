@@ -570,8 +570,9 @@ def _describe_failure(exc: BaseException, stage: StageRecord) -> str:
     """One line for the summary: the stage, the cause, and a remedy when one is known."""
     text = str(exc).strip()
     first = text.splitlines()[0] if text else ""
+    error_type = getattr(exc, "error_type", type(exc).__name__)  # a rank's, for a launched stage
     cause = first if isinstance(exc, UserError) else f"{type(exc).__name__}: {first}"
-    remedy = _REMEDIES.get(type(exc).__name__)
+    remedy = _REMEDIES.get(error_type)
     if remedy is not None:
         cause = f"out of memory ({first[:160]}); {remedy.format(kind=stage.kind)}"
     line = f"{stage.kind} {stage.hash}: {cause}"

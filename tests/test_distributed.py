@@ -5,6 +5,7 @@ each loss alone, and through the trainer's own step (``core.train.train_stage`` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,8 @@ def _train(rank: int, world: int, init_file: str, out_dir: str, config_json: str
 
     torch.set_num_threads(1)
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        # ranks that disagree on their steps fail within a minute rather than gloo's 30
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         steps: list[float] = []
         record = lambda event: steps.append(event.metrics["train"]["loss"]) if event.kind == "step" else None  # noqa: E731
@@ -172,3 +174,33 @@ def test_the_trainer_on_two_processes_takes_the_steps_of_one_process_on_the_glob
         assert two["best"] == pytest.approx(one["best"], abs=1e-4)
     stage = tmp_path / "two" / "stage"
     assert sorted(p.name for p in stage.glob("*.safetensors")) == sorted([BEST_CHECKPOINT, LAST_CHECKPOINT])
+
+
+def _resume(rank: int, world: int, init_file: str, out_dir: str, config_json: str, damaged_on: int) -> None:
+    import core.train
+
+    if rank == damaged_on:  # this rank alone reads the best checkpoint as damaged (a torn read)
+        core.train.checkpoint_problem = lambda path: "simulated damage"
+    _train(rank, world, init_file, out_dir, config_json)
+
+
+@pytest.mark.parametrize("damaged_on", [-1, 1], ids=["intact", "damaged-on-rank-1"])
+def test_two_processes_resume_together_or_restart_together(tmp_path, damaged_on):
+    from core.stages import LAST_CHECKPOINT
+    from harness.config import resolve
+
+    config = resolve(TINY, {**DETERMINISTIC, "finetune.epochs": 1})
+    threads = torch.get_num_threads()
+    try:
+        _train(0, 1, "", str(tmp_path), config.model_dump_json())  # epoch 0 and its checkpoints
+    finally:
+        torch.set_num_threads(threads)
+    longer = resolve(TINY, DETERMINISTIC)  # 2 epochs
+    mp.spawn(_resume, args=(WORLD, str(tmp_path / "init"), str(tmp_path), longer.model_dump_json(), damaged_on), nprocs=WORLD, join=True)
+    steps_per_epoch = 48 * 2 // 16
+    epochs_run = 1 if damaged_on < 0 else 2  # resumed at epoch 1 on both ranks, or both from epoch 0
+    for rank in range(WORLD):
+        assert len(torch.load(tmp_path / f"rank{rank}.pt")["steps"]) == epochs_run * steps_per_epoch
+    aside = tmp_path / "stage" / f"{LAST_CHECKPOINT}.damaged"
+    assert aside.is_file() == (damaged_on >= 0)  # set aside once, by rank 0, after every rank read it
+    assert (tmp_path / "stage" / LAST_CHECKPOINT).is_file()

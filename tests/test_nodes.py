@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,11 +72,12 @@ def write_launch_file(folder: Path) -> Path:
     return path
 
 
-def follow_in_thread(launch: Launch) -> dict:
-    """Run follow() beside the test's node 0; what it returned or raised, once it ends."""
+def follow_in_thread(launch: Launch, delay_s: float = 0.0) -> dict:
+    """Run follow() beside the test's node 0 (after ``delay_s``); what it returned or raised, once it ends."""
     outcome: dict = {}
 
     def target() -> None:
+        time.sleep(delay_s)
         try:
             outcome["followed"] = follow(launch)
         except UserError as err:
@@ -93,6 +95,13 @@ def test_a_follower_learns_how_node_0_ended(endpoint):
         raise KeyboardInterrupt  # Ctrl-C on node 0 before it launched anything
     follower["thread"].join(10)
     assert follower["followed"] == Followed("interrupted")
+
+
+def test_a_follower_started_as_node_0_ends_still_learns_how_it_ended(endpoint):
+    with lead(Launch(1, nnodes=2, rdzv_endpoint=endpoint)):  # all cached: node 0 ends at once
+        follower = follow_in_thread(Launch(1, nnodes=2, node_rank=1, rdzv_endpoint=endpoint), delay_s=1.0)
+    follower["thread"].join(10)  # node 0 waited for it rather than leave it to wait 10 minutes
+    assert follower["followed"] == Followed("done")
 
 
 def test_a_follower_started_with_other_processes_per_node_than_node_0_stops_with_the_reason(tmp_path, endpoint):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -23,7 +25,7 @@ from core.errors import UserError
 from core.stages import BEST_CHECKPOINT, LAST_CHECKPOINT
 from harness._rank import Launch
 from harness.cli import app
-from harness.plan import DONE, make_plan
+from harness.plan import DONE, make_plan, stage_dir
 from harness.preflight import check_launch
 from harness.study import load_study
 from harness.tracking import names
@@ -139,6 +141,52 @@ def test_two_nodes_started_by_hand_give_one_process_results_and_node_0_tracks_al
         assert (folder / DONE).is_file() and (folder / "launch-node1.log").is_file()
         if (folder / LAST_CHECKPOINT).exists():
             assert sorted(p.name for p in folder.glob("*.safetensors")) == sorted([BEST_CHECKPOINT, LAST_CHECKPOINT])
+
+
+@pytest.mark.slow
+def test_a_damaged_parent_checkpoint_under_torchrun_resets_its_stage_as_in_one_process(tmp_path, one_process):
+    work = tmp_path / "work"
+    shutil.copytree(one_process[0] / "work", work)
+    shutil.copy(one_process[0] / "mlflow.db", tmp_path / "mlflow.db")
+    study = write_study(tmp_path, **{"finetune.epochs": 1})  # a new fine-tuning on the finished pre-training
+    (digest,) = [d for d, stage in make_plan(load_study(study)).stages.items() if stage.kind == "pretrain"]
+    pretrain = stage_dir(work, digest)
+    best = pretrain / BEST_CHECKPOINT
+    data = bytearray(best.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, other content
+    best.write_bytes(bytes(data))
+    result = runner.invoke(app, ["run", str(study), "--workdir", str(work), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                                 "--quiet", "--nproc-per-node", "2"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    flat = " ".join(result.output.split())
+    # the rank's DamagedCheckpoint, not "the launcher exited with 1": the stage named, reset, retried next time
+    assert f"damaged checkpoint {best}" in flat and "that stage was reset and trains again on the next run" in flat
+    assert best.with_name(best.name + ".damaged").is_file() and not (pretrain / DONE).exists()
+
+
+def test_a_ranks_failure_reaches_the_executor_as_its_own_kind(tmp_path):
+    from core.checkpoint import DamagedCheckpoint
+    from harness import _rank
+    from harness.execute import _describe_failure
+    from harness.plan import StageRecord
+
+    assert _rank.rank_failure(tmp_path) is None  # no rank recorded one: the launcher's log tells
+    _rank._record_failure(tmp_path, 1, DamagedCheckpoint(tmp_path / "best.safetensors", "truncated"))
+    _rank._record_failure(tmp_path, 0, RuntimeError("a collective's peer died"))  # follows from the first: not kept
+    failure = _rank.rank_failure(tmp_path)
+    assert isinstance(failure, DamagedCheckpoint) and (failure.path, failure.reason) == (tmp_path / "best.safetensors", "truncated")
+    assert "raised on rank 1" in failure.__notes__[0]
+    (tmp_path / _rank.ERROR_FILE).unlink()
+    _rank._record_failure(tmp_path, 1, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    failure = _rank.rank_failure(tmp_path)
+    assert isinstance(failure, _rank.RankFailed) and failure.error_type == "OutOfMemoryError"
+    stage = StageRecord(kind="finetune", hash="abc123", parent=None, config=None, users=())
+    assert "out of memory (rank 1: OutOfMemoryError: CUDA out of memory." in _describe_failure(failure, stage)
+    assert "lower finetune.batch_size" in _describe_failure(failure, stage)
+    (tmp_path / _rank.ERROR_FILE).unlink()
+    _rank._record_failure(tmp_path, 0, UserError("finetune.batch_size=16 is not divisible by 3 processes"))
+    failure = _rank.rank_failure(tmp_path)
+    assert type(failure) is UserError and str(failure) == "finetune.batch_size=16 is not divisible by 3 processes"
 
 
 def free_port() -> int:
