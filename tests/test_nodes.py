@@ -29,9 +29,10 @@ def endpoint() -> str:
 
 @pytest.fixture(autouse=True)
 def short_waits(monkeypatch):
-    monkeypatch.setattr(_nodes, "CONNECT_TIMEOUT_S", 1.0)
+    # long enough for a follower that tried before node 0 listened to retry (torch backs off ~1.3 s)
+    monkeypatch.setattr(_nodes, "CONNECT_TIMEOUT_S", 10.0)
     monkeypatch.setattr(_nodes, "POLL_S", 0.2)
-    monkeypatch.setattr(_nodes, "ACK_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(_nodes, "ACK_TIMEOUT_S", 10.0)
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,8 @@ def test_a_follower_that_cannot_read_node_0s_launch_file_names_the_shared_workdi
     assert "the workdir must be on a file system every node shares" in follower["error"]
 
 
-def test_a_follower_without_node_0_says_where_it_looked(endpoint):
+def test_a_follower_without_node_0_says_where_it_looked(endpoint, monkeypatch):
+    monkeypatch.setattr(_nodes, "CONNECT_TIMEOUT_S", 1.0)
     with pytest.raises(UserError, match=f"node 1: node 0 at {endpoint} did not answer within 1 s"):
         follow(Launch(1, nnodes=2, node_rank=1, rdzv_endpoint=endpoint))
 
