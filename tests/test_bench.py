@@ -112,7 +112,8 @@ def test_report_lists_every_check_with_its_target_and_keeps_a_result_without_tar
             "size": 40,
         },
     }
-    flat_record = {**timed_record, "benchmark": "beta", "command": "harness bench beta", "result": {"epochs_share": 0.5}}
+    flat_record = {**timed_record, "benchmark": "beta", "command": "harness bench beta", "result": {"epochs_share": 0.5},
+                   "machine": {**timed_record["machine"], "git_dirty": True}}  # fmt: skip
     write_record(tmp_path, timed_record)
     write_record(tmp_path, flat_record)
     (tmp_path / "notes.json").write_text("[1, 2]")  # not a record: skipped
@@ -122,6 +123,7 @@ def test_report_lists_every_check_with_its_target_and_keeps_a_result_without_tar
     assert "| fast | 2 | 1 | 3 | 3 | s |" in text
     assert "| beta | (the result states no target) |" in text and "| epochs_share | 0.5 |" in text
     assert "- a reduced run" in text and "GPU: none was available" in text
+    assert "The records differ in git_dirty: the table is the first record's" in text  # the same machine otherwise
     assert json.loads((tmp_path / "alpha.json").read_text())["result"]["size"] == 40
 
 

@@ -84,7 +84,8 @@ def _machines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     machines = {json.dumps(r.get("machine", {}), sort_keys=True): r.get("machine", {}) for r in records}
     lines = ["## Machine", ""]
     if len(machines) > 1:
-        lines += ["The benchmarks ran on different machines or commits: each section names its own.", ""]
+        differ = sorted({k for m in machines.values() for k in m if len({json.dumps(n.get(k)) for n in machines.values()}) > 1})
+        lines += [f"The records differ in {', '.join(differ)}: the table is the first record's; each section names its own.", ""]
     first = next(iter(machines.values()), {})
     lines += ["| | |", "|---|---|", *[f"| {key} | {first[key]} |" for key in _MACHINE_ORDER if key in first], ""]
     if all(r.get("machine", {}).get("gpu", NO_GPU) == NO_GPU for r in records):
