@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -194,9 +193,8 @@ def _check_announced(launch: Launch, message: dict[str, Any], launch_file: Path)
 
 
 def _run_launcher(launch: Launch, master_port: int, launch_file: Path) -> int:
-    command = [*launch.command(master_port), "-m", "harness._rank", str(launch_file)]
     with open(_log_file(launch, launch_file), "a", encoding="utf-8") as log:
-        ranks = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_rank.die_with_parent)
+        ranks = _rank.start_launcher(launch, launch_file, log, master_port)
         try:
             return ranks.wait()
         except BaseException:  # Ctrl-C: the ranks must not outlive this node's harness

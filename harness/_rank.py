@@ -20,8 +20,9 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-__all__ = ["Launch", "RankFailed", "rank_failure", "LAUNCH_FILE", "EVENTS_FILE", "RESULT_FILE", "ERROR_FILE", "LOG_FILE", "DEFAULT_RDZV_PORT"]
+__all__ = ["Launch", "RankFailed", "rank_failure", "start_launcher", "stop_launcher", "LAUNCH_FILE", "EVENTS_FILE", "RESULT_FILE", "ERROR_FILE", "LOG_FILE", "DEFAULT_RDZV_PORT"]
 
 LAUNCH_FILE = "launch.json"  # in the stage's folder: what every rank runs
 EVENTS_FILE = "events.jsonl"  # rank 0's trainer events, one JSON object per line
@@ -29,8 +30,6 @@ RESULT_FILE = "launch-result.json"  # rank 0's StageOutputs
 ERROR_FILE = "launch-error.json"  # the first failing rank's exception: its type, message, traceback
 LOG_FILE = "launch.log"  # the launcher's and the ranks' output (node 0's, on several nodes)
 STOP_TIMEOUT_S = 30.0  # seconds a launcher has to stop its ranks before SIGKILL
-
-
 DEFAULT_RDZV_PORT = 29400  # torchrun's default port of a rendezvous endpoint
 
 
@@ -77,6 +76,13 @@ class Launch:
             raise ValueError("a launch on several nodes needs node 0's port for it")
         return [*head, f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}",
                 f"--master-addr={self.address[0]}", f"--master-port={master_port}"]  # fmt: skip
+
+
+def start_launcher(launch: Launch, launch_file: Path, log: IO[str], master_port: int | None = None) -> subprocess.Popen:
+    """This node's launcher for the stage ``launch_file`` names, its output to ``log``: in a
+    session of its own (stopped as a group) and dying with this process."""
+    command = [*launch.command(master_port), "-m", "harness._rank", str(launch_file)]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
 
 
 def stop_launcher(ranks: subprocess.Popen) -> None:

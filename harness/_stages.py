@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,11 +112,8 @@ def _run_launched(
     }  # fmt: skip
     atomic_write_text(out_dir / _rank.LAUNCH_FILE, json.dumps(spec))
     master_port = _nodes.announce(launch, out_dir / _rank.LAUNCH_FILE)  # the other nodes start theirs
-    command = [*launch.command(master_port), "-m", "harness._rank", str(out_dir / _rank.LAUNCH_FILE)]
     with open(out_dir / _rank.LOG_FILE, "a", encoding="utf-8") as log:
-        ranks = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_rank.die_with_parent
-        )
+        ranks = _rank.start_launcher(launch, out_dir / _rank.LAUNCH_FILE, log, master_port)
         code = None
         try:
             read = 0
